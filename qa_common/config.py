@@ -1,0 +1,44 @@
+"""Typed configuration read once from environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has; each service subclasses it with its own fields."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
+
+    log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    max_in_flight: int = Field(
+        32, ge=1, le=10_000, description="Requests served at once before answering 429."
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+
+
+class ConfigError(RuntimeError):
+    """An environment variable holds a value the service cannot use."""
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def load_settings(settings_cls: type[SettingsT], **overrides: object) -> SettingsT:
+    """Read settings from the environment, with overrides, naming each bad variable on failure."""
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration for {settings_cls.__name__}: {problems}") from exc

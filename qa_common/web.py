@@ -1,0 +1,225 @@
+"""Flask plumbing shared by the services: request ids, JSON errors, body validation, load
+shedding, access logs and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from qa_common.errors import (
+    BadRequest,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from qa_common.request_context import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    get_request_id,
+    set_request_id,
+)
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("access")
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# Probes and scrapes must answer even when the service sheds load.
+UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics_endpoint", "static"})
+
+
+def error_response(error: ServiceError) -> Response:
+    """Render a ServiceError as the JSON envelope with its status and headers."""
+    response = jsonify(error.to_dict(get_request_id()))
+    response.status_code = error.status
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _field_path(loc: Iterable[Any]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, str]]:
+    """Turn pydantic errors into [{field, message}] a client can act on."""
+    return [{"field": _field_path(err["loc"]), "message": err["msg"]} for err in exc.errors()]
+
+
+def validate(model: type[ModelT], data: Any, where: str = "body") -> ModelT:
+    """Validate data against a pydantic model; a failure is a 422 naming each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        fields = ", ".join(dict.fromkeys(d["field"] for d in details))
+        raise ValidationFailed(f"Invalid {where} field(s): {fields}.", details=details) from exc
+
+
+def parse_body(model: type[ModelT]) -> ModelT:
+    """Validate the JSON request body against a pydantic model (415/400/422 otherwise)."""
+    if not request.is_json:
+        raise UnsupportedMediaType()
+    payload = request.get_json(silent=True)
+    if payload is None:
+        raise BadRequest("The request body is not valid JSON.", code="invalid_json")
+    return validate(model, payload, "body")
+
+
+def parse_query(model: type[ModelT]) -> ModelT:
+    """Validate query-string arguments against a pydantic model (422 otherwise)."""
+    return validate(model, request.args.to_dict(), "query")
+
+
+class InFlightLimiter:
+    """Bound the requests served at once; past the bound, answer 429 instead of queueing."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def try_acquire(self) -> bool:
+        return self._slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+class HttpMetrics:
+    """Request count, latency and in-flight gauges, in the app's own registry."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total",
+            "HTTP requests answered.",
+            ["service", "method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["service", "method", "endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "http_requests_in_flight",
+            "HTTP requests being served.",
+            ["service"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.rejected = Counter(
+            "http_requests_shed_total",
+            "Requests answered 429 because too many were in flight.",
+            ["service"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        # Under gunicorn with several workers each process writes its own files; merge them.
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            prometheus_multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+
+def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) -> HttpMetrics:
+    """Wire request ids, access logs, load shedding, metrics and JSON errors into an app."""
+    limiter = InFlightLimiter(max_in_flight)
+    http_metrics = HttpMetrics(service)
+    app.extensions["http_metrics"] = http_metrics
+    app.extensions["in_flight_limiter"] = limiter
+
+    @app.before_request
+    def _start_request() -> None:
+        set_request_id(accept_request_id(request.headers.get(REQUEST_ID_HEADER)))
+        g.request_started = time.perf_counter()
+        g.holds_slot = False
+        if request.endpoint in UNLIMITED_ENDPOINTS:
+            return
+        if not limiter.try_acquire():
+            http_metrics.rejected.labels(service).inc()
+            raise Overloaded(f"More than {limiter.limit} requests in flight; retry shortly.")
+        g.holds_slot = True
+        http_metrics.in_flight.labels(service).inc()
+
+    @app.after_request
+    def _finish_request(response: Response) -> Response:
+        request_id = get_request_id()
+        if request_id:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        started = g.get("request_started")
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        endpoint = request.endpoint or "unmatched"
+        http_metrics.requests.labels(
+            service, request.method, endpoint, str(response.status_code)
+        ).inc()
+        http_metrics.latency.labels(service, request.method, endpoint).observe(elapsed)
+        if endpoint not in ("healthz", "metrics_endpoint"):
+            access_log.info(
+                "%s %s %d %.1fms",
+                request.method,
+                request.path,
+                response.status_code,
+                elapsed * 1000,
+            )
+        return response
+
+    @app.teardown_request
+    def _release_slot(_exc: BaseException | None) -> None:
+        if g.get("holds_slot"):
+            g.holds_slot = False
+            limiter.release()
+            http_metrics.in_flight.labels(service).dec()
+
+    @app.errorhandler(ServiceError)
+    def _service_error(error: ServiceError) -> Response:
+        if error.status >= 500:
+            log.warning("%s: %s", error.code, error.message)
+        return error_response(error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_error: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error_response(PayloadTooLarge(f"The request body exceeds {limit} bytes."))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        code = (error.name or "http_error").lower().replace(" ", "_")
+        wrapped = ServiceError(error.description or error.name, code=code)
+        wrapped.status = error.code or 500
+        return error_response(wrapped)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(ServiceError())
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(http_metrics.render(), mimetype=CONTENT_TYPE_LATEST)
+
+    return http_metrics

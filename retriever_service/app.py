@@ -1,0 +1,212 @@
+"""The retriever's Flask app factory and routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from flask import Flask, jsonify
+
+from qa_common.errors import NotReady, ServiceError, ValidationFailed
+from qa_common.logging_setup import configure_logging
+from qa_common.web import install_service_plumbing, parse_body, parse_query, validate
+from retriever_service.chunking import Chunker
+from retriever_service.config import RetrieverConfig, load_config
+from retriever_service.embedder import Embedder, load_embedder
+from retriever_service.knowledge_base import DocumentInput, KnowledgeBase
+from retriever_service.schemas import CollectionQuery, EmbedRequest, IngestRequest, SearchRequest
+from retriever_service.store import ChromaStore, CollectionSpec, VectorStore
+
+log = logging.getLogger(__name__)
+
+
+def build_store(config: RetrieverConfig, embedder: Embedder) -> VectorStore:
+    """Build the configured Chroma store: a server when CHROMA_HOST is set, else embedded."""
+    spec = CollectionSpec(embedding_model=embedder.model_name, dimension=embedder.dimension)
+    if config.uses_chroma_server:
+        return ChromaStore(
+            spec, host=config.chroma_host, port=config.chroma_port, ssl=config.chroma_ssl
+        )
+    return ChromaStore(spec, path=config.chroma_path)
+
+
+def build_knowledge_base(
+    config: RetrieverConfig,
+    *,
+    embedder: Embedder | None = None,
+    store: VectorStore | None = None,
+) -> KnowledgeBase:
+    """Load the model and open the store: the heavy objects, built once per process."""
+    if embedder is None:
+        embedder = load_embedder(
+            config.embedding_model,
+            dtype=config.embedding_dtype,
+            device=config.embedding_device,
+            batch_size=config.embedding_batch_size,
+            revision=config.embedding_revision,
+        )
+    if store is None:
+        store = build_store(config, embedder)
+    max_tokens = min(config.chunk_max_tokens or embedder.max_tokens, embedder.max_tokens)
+    chunker = Chunker(
+        embedder.token_spans, max_tokens, min(config.chunk_overlap_tokens, max_tokens // 2)
+    )
+    return KnowledgeBase(embedder, store, chunker, default_collection=config.default_collection)
+
+
+def create_app(
+    config: RetrieverConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    store: VectorStore | None = None,
+) -> Flask:
+    """Build the retriever app; the model loads here, once, never at import time."""
+    config = config or load_config()
+    configure_logging("retriever", config.log_level, config.log_format)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["retriever_config"] = config
+    install_service_plumbing(app, "retriever", max_in_flight=config.max_in_flight)
+
+    kb: KnowledgeBase | None = None
+    load_error: str | None = None
+    try:
+        kb = build_knowledge_base(config, embedder=embedder, store=store)
+        log.info("retriever ready to serve: %s, %s", kb.embedder.model_name, kb.store.description)
+    except Exception as exc:  # a bad model name must not crash-loop the container
+        load_error = f"{type(exc).__name__}: {exc}"
+        log.exception("could not load the embedding model; /readyz will say why")
+    app.extensions["knowledge_base"] = kb
+
+    def knowledge_base() -> KnowledgeBase:
+        if kb is None:
+            raise NotReady(f"The embedding model is not loaded: {load_error}")
+        return kb
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        try:
+            timings = knowledge_base().check_ready()
+        except ServiceError as exc:
+            raise NotReady(f"Not ready: {exc.message}") from exc
+        except Exception as exc:
+            log.exception("readiness check failed")
+            raise NotReady(f"Not ready: {type(exc).__name__}: {exc}") from exc
+        return jsonify(
+            status="ready", model=kb.embedder.model_name, store=kb.store.description, **timings
+        )
+
+    @app.post("/v1/documents")
+    def ingest_documents() -> Any:
+        body = parse_body(IngestRequest)
+        if len(body.documents) > config.max_documents_per_request:
+            raise ValidationFailed(
+                f"At most {config.max_documents_per_request} documents per request.",
+                details=[{"field": "documents", "message": "too many documents"}],
+            )
+        too_long = [i for i, d in enumerate(body.documents) if len(d.text) > config.max_text_chars]
+        if too_long:
+            raise ValidationFailed(
+                f"Document text is limited to {config.max_text_chars} characters.",
+                details=[{"field": f"documents.{i}.text", "message": "too long"} for i in too_long],
+            )
+        started = time.perf_counter()
+        outcomes = knowledge_base().ingest(
+            [
+                DocumentInput(text=d.text, id=d.id, metadata=dict(d.metadata))
+                for d in body.documents
+            ],
+            body.collection,
+        )
+        return jsonify(
+            documents=len(outcomes),
+            chunks=sum(o.chunks for o in outcomes),
+            created=sum(o.status == "created" for o in outcomes),
+            updated=sum(o.status == "updated" for o in outcomes),
+            unchanged=sum(o.status == "unchanged" for o in outcomes),
+            results=[{"id": o.id, "status": o.status, "chunks": o.chunks} for o in outcomes],
+            collection=knowledge_base().collection(body.collection),
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    @app.get("/v1/documents/<path:document_id>")
+    def get_document(document_id: str) -> Any:
+        query = parse_query(CollectionQuery)
+        return jsonify(knowledge_base().get_document(document_id, query.collection))
+
+    @app.delete("/v1/documents/<path:document_id>")
+    def delete_document(document_id: str) -> Any:
+        query = parse_query(CollectionQuery)
+        deleted = knowledge_base().delete_document(document_id, query.collection)
+        return jsonify(deleted_chunks=deleted, id=document_id)
+
+    @app.post("/v1/search")
+    def search() -> Any:
+        body = parse_body(SearchRequest)
+        started = time.perf_counter()
+        result = knowledge_base().search(
+            body.query,
+            top_k=body.top_k,
+            min_score=body.min_score,
+            where=body.where,
+            collection=body.collection,
+        )
+        return jsonify(
+            results=[
+                {
+                    "chunk_id": h.chunk_id,
+                    "document_id": h.document_id,
+                    "text": h.text,
+                    "score": h.score,
+                    "metadata": h.metadata,
+                    "position": h.position,
+                    "start": h.start,
+                    "end": h.end,
+                }
+                for h in result.hits
+            ],
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+            embed_ms=round(result.embed_ms, 2),
+            query_ms=round(result.query_ms, 2),
+        )
+
+    @app.post("/v1/embed")
+    def embed() -> Any:
+        body = parse_body(EmbedRequest)
+        if len(body.texts) > config.max_embed_texts:
+            raise ValidationFailed(
+                f"At most {config.max_embed_texts} texts per request.",
+                details=[{"field": "texts", "message": "too many texts"}],
+            )
+        vectors = knowledge_base().embed(body.texts)
+        return jsonify(
+            embeddings=np.round(vectors, 7).tolist(),
+            dimension=int(vectors.shape[1]),
+            model=knowledge_base().embedder.model_name,
+        )
+
+    @app.get("/v1/stats")
+    def stats() -> Any:
+        query = parse_query(CollectionQuery)
+        return jsonify(knowledge_base().stats(query.collection))
+
+    @app.get("/v1/collections")
+    def list_collections() -> Any:
+        return jsonify(collections=knowledge_base().store.list_collections())
+
+    @app.delete("/v1/collections/<name>")
+    def delete_collection(name: str) -> Any:
+        collection = validate(CollectionQuery, {"collection": name}, "path").collection
+        kb_ = knowledge_base()
+        kb_.store.ensure_collection(collection, create=False)
+        kb_.store.delete_collection(collection)
+        return jsonify(deleted=collection)
+
+    return app

@@ -1,0 +1,52 @@
+"""Retriever settings, read once from environment variables (see the README's table)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from qa_common.config import ServiceSettings, load_settings
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class RetrieverConfig(ServiceSettings):
+    """Everything the retriever reads from its environment."""
+
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embedding_revision: str | None = None
+    embedding_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    embedding_batch_size: int = Field(64, ge=1, le=1024)
+    embedding_device: str = "cpu"
+
+    chroma_path: str = "var/chroma"
+    chroma_host: str | None = None
+    chroma_port: int = Field(8000, ge=1, le=65535)
+    chroma_ssl: bool = False
+    default_collection: str = Field("documents", min_length=3, max_length=512)
+
+    chunk_overlap_tokens: int = Field(32, ge=0, le=128)
+    chunk_max_tokens: int | None = Field(
+        None, ge=16, description="Chunk budget in model tokens; the model's limit when unset."
+    )
+
+    max_top_k: int = Field(50, ge=1, le=1000)
+    max_embed_texts: int = Field(256, ge=1, le=10_000)
+    max_documents_per_request: int = Field(1000, ge=1, le=100_000)
+    max_text_chars: int = Field(2_000_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> RetrieverConfig:
+        if self.chunk_max_tokens is not None and self.chunk_overlap_tokens >= self.chunk_max_tokens:
+            raise ValueError("CHUNK_OVERLAP_TOKENS must be smaller than CHUNK_MAX_TOKENS")
+        return self
+
+    @property
+    def uses_chroma_server(self) -> bool:
+        return bool(self.chroma_host)
+
+
+def load_config(**overrides: object) -> RetrieverConfig:
+    """Read the retriever's configuration from the environment."""
+    return load_settings(RetrieverConfig, **overrides)

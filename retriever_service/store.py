@@ -1,0 +1,301 @@
+"""Vector storage: the ``VectorStore`` interface and its ChromaDB implementation.
+
+Every chromadb and transport error is translated in ``_translate_errors``, once, into the shared
+error tree: an unreachable server is a 503, a slow one a 504, an unknown collection a 404.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from qa_common.errors import (
+    BadGateway,
+    DependencyTimeout,
+    DependencyUnavailable,
+    ValidationFailed,
+)
+from retriever_service.errors import CollectionNotFound, EmbeddingModelMismatch
+
+log = logging.getLogger(__name__)
+
+Metadata = dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk as the store holds it."""
+
+    id: str
+    text: str | None
+    metadata: Metadata
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """A chunk returned by a query, with its cosine distance to the query."""
+
+    id: str
+    text: str
+    metadata: Metadata
+    distance: float
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """What a collection must have been built with: vectors from other models do not mix."""
+
+    embedding_model: str
+    dimension: int
+
+
+class VectorStore(Protocol):
+    """Stores chunk vectors with their text and metadata, and finds the nearest ones."""
+
+    description: str
+
+    def heartbeat(self) -> None: ...
+    def list_collections(self) -> list[str]: ...
+    def ensure_collection(self, name: str, *, create: bool) -> None: ...
+    def delete_collection(self, name: str) -> None: ...
+    def get(
+        self, collection: str, *, where: dict[str, Any], with_content: bool = False
+    ) -> list[StoredChunk]: ...
+    def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None: ...
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+    def query(
+        self, collection: str, embedding: np.ndarray, top_k: int, where: dict[str, Any] | None
+    ) -> list[ScoredChunk]: ...
+    def count(self, collection: str) -> int: ...
+
+
+class ChromaStore:
+    """A ``VectorStore`` on ChromaDB: embedded on a directory, or a Chroma server over HTTP."""
+
+    def __init__(
+        self,
+        spec: CollectionSpec,
+        *,
+        path: str | None = None,
+        host: str | None = None,
+        port: int = 8000,
+        ssl: bool = False,
+    ) -> None:
+        if not path and not host:
+            raise ValueError("ChromaStore needs a path (embedded) or a host (server)")
+        self.spec = spec
+        self._path = path
+        self._host = host
+        self._port = port
+        self._ssl = ssl
+        self.description = f"chroma server {host}:{port}" if host else f"embedded chroma at {path}"
+        self._client: Any = None
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        if self._host:
+            return chromadb.HttpClient(
+                host=self._host, port=self._port, ssl=self._ssl, settings=settings
+            )
+        return chromadb.PersistentClient(path=self._path, settings=settings)
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                with self._translate_errors():
+                    self._client = self._connect()
+            return self._client
+
+    def _forget_connection(self) -> None:
+        # A server that went away may come back elsewhere: reconnect and re-resolve collections.
+        if self._host:
+            with self._lock:
+                self._client = None
+                self._collections.clear()
+
+    @contextlib.contextmanager
+    def _translate_errors(self, collection: str | None = None) -> Iterator[None]:
+        import chromadb.errors as chroma_errors
+        import httpx
+
+        try:
+            yield
+        except (CollectionNotFound, EmbeddingModelMismatch):
+            raise
+        except chroma_errors.NotFoundError as exc:
+            if collection:
+                self._collections.pop(collection, None)
+            raise CollectionNotFound(f"Collection {collection!r} does not exist.") from exc
+        except chroma_errors.InvalidArgumentError as exc:
+            raise ValidationFailed(f"The vector store rejected the request: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise DependencyTimeout(
+                f"The vector store ({self.description}) did not answer in time.",
+                dependency="chroma",
+            ) from exc
+        except (httpx.TransportError, ConnectionError) as exc:
+            self._forget_connection()
+            raise DependencyUnavailable(
+                f"The vector store ({self.description}) cannot be reached.", dependency="chroma"
+            ) from exc
+        except ValueError as exc:
+            # chromadb reports a failed connection at client creation as a bare ValueError.
+            if "connect" in str(exc).lower():
+                self._forget_connection()
+                raise DependencyUnavailable(
+                    f"The vector store ({self.description}) cannot be reached.",
+                    dependency="chroma",
+                ) from exc
+            raise
+        except chroma_errors.ChromaError as exc:
+            raise BadGateway(f"The vector store failed: {exc}", dependency="chroma") from exc
+
+    # -- collections --------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Raise when the store cannot be reached."""
+        client = self._get_client()
+        with self._translate_errors():
+            client.heartbeat()
+
+    def list_collections(self) -> list[str]:
+        client = self._get_client()
+        with self._translate_errors():
+            return sorted(c.name for c in client.list_collections())
+
+    def ensure_collection(self, name: str, *, create: bool) -> None:
+        """Open (or create) a collection and check it was built with our embedding model."""
+        self._collection(name, create=create)
+
+    def _collection(self, name: str, *, create: bool = False) -> Any:
+        cached = self._collections.get(name)
+        if cached is not None:
+            return cached
+        client = self._get_client()
+        with self._translate_errors(name):
+            if create:
+                collection = client.get_or_create_collection(
+                    name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={
+                        "embedding_model": self.spec.embedding_model,
+                        "dimension": self.spec.dimension,
+                    },
+                    embedding_function=None,
+                )
+            else:
+                collection = client.get_collection(name, embedding_function=None)
+        self._check_spec(name, collection)
+        self._collections[name] = collection
+        return collection
+
+    def _check_spec(self, name: str, collection: Any) -> None:
+        metadata = collection.metadata or {}
+        model = metadata.get("embedding_model")
+        dimension = metadata.get("dimension")
+        space = ((collection.configuration or {}).get("hnsw") or {}).get("space")
+        if model != self.spec.embedding_model or dimension != self.spec.dimension:
+            raise EmbeddingModelMismatch(
+                f"Collection {name!r} holds vectors of {model!r} ({dimension} dimensions); this "
+                f"retriever embeds with {self.spec.embedding_model!r} ({self.spec.dimension}). "
+                "Use another collection or re-ingest into a new one."
+            )
+        if space != "cosine":
+            raise EmbeddingModelMismatch(
+                f"Collection {name!r} uses {space!r} distance; scores need cosine."
+            )
+
+    def delete_collection(self, name: str) -> None:
+        client = self._get_client()
+        with self._translate_errors(name):
+            client.delete_collection(name)
+        self._collections.pop(name, None)
+
+    # -- chunks -------------------------------------------------------------------------------
+
+    def get(
+        self, collection: str, *, where: dict[str, Any], with_content: bool = False
+    ) -> list[StoredChunk]:
+        col = self._collection(collection)
+        include = ["metadatas", "documents", "embeddings"] if with_content else ["metadatas"]
+        with self._translate_errors(collection):
+            result = col.get(where=where, include=include)
+        ids = result["ids"]
+        metadatas = result.get("metadatas") or [{}] * len(ids)
+        texts = result.get("documents") if with_content else None
+        embeddings = result.get("embeddings") if with_content else None
+        return [
+            StoredChunk(
+                id=chunk_id,
+                text=texts[i] if texts is not None else None,
+                metadata=dict(metadatas[i] or {}),
+                embedding=np.asarray(embeddings[i], dtype=np.float32)
+                if embeddings is not None
+                else None,
+            )
+            for i, chunk_id in enumerate(ids)
+        ]
+
+    def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None:
+        if not chunks:
+            return
+        col = self._collection(collection, create=True)
+        client = self._get_client()
+        with self._translate_errors(collection):
+            batch = max(1, int(client.get_max_batch_size()))
+            for first in range(0, len(chunks), batch):
+                part = chunks[first : first + batch]
+                col.upsert(
+                    ids=[c.id for c in part],
+                    embeddings=np.stack([c.embedding for c in part]),
+                    documents=[c.text for c in part],
+                    metadatas=[c.metadata for c in part],
+                )
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        col = self._collection(collection)
+        with self._translate_errors(collection):
+            col.delete(ids=list(ids))
+
+    def query(
+        self, collection: str, embedding: np.ndarray, top_k: int, where: dict[str, Any] | None
+    ) -> list[ScoredChunk]:
+        col = self._collection(collection)
+        with self._translate_errors(collection):
+            result = col.query(
+                query_embeddings=[np.asarray(embedding, dtype=np.float32)],
+                n_results=top_k,
+                where=where or None,
+                include=["documents", "metadatas", "distances"],
+            )
+        ids = result["ids"][0]
+        return [
+            ScoredChunk(
+                id=chunk_id,
+                text=result["documents"][0][i],
+                metadata=dict(result["metadatas"][0][i] or {}),
+                distance=float(result["distances"][0][i]),
+            )
+            for i, chunk_id in enumerate(ids)
+        ]
+
+    def count(self, collection: str) -> int:
+        col = self._collection(collection)
+        with self._translate_errors(collection):
+            return int(col.count())

@@ -1,0 +1,41 @@
+"""HTTP client for the retriever API, used by the ingestion and evaluation tools."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qa_common.http_client import ServiceClient
+
+
+class RetrieverClient(ServiceClient):
+    """Calls a running retriever over HTTP."""
+
+    def __init__(self, base_url: str, *, read_timeout_s: float = 300.0, **kwargs: Any) -> None:
+        super().__init__("retriever", base_url, read_timeout_s=read_timeout_s, **kwargs)
+
+    def ingest(
+        self, documents: Sequence[dict[str, Any]], collection: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"documents": list(documents)}
+        if collection:
+            body["collection"] = collection
+        return self.request_json("POST", "/v1/documents", json=body)
+
+    def search(self, query: str, *, top_k: int = 5, **options: Any) -> dict[str, Any]:
+        body = {
+            "query": query,
+            "top_k": top_k,
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        return self.request_json("POST", "/v1/search", json=body)
+
+    def stats(self, collection: str | None = None) -> dict[str, Any]:
+        params = {"collection": collection} if collection else None
+        return self.request_json("GET", "/v1/stats", params=params)
+
+    def delete_collection(self, name: str) -> dict[str, Any]:
+        return self.request_json("DELETE", f"/v1/collections/{name}")
+
+    def ready(self) -> dict[str, Any]:
+        return self.request_json("GET", "/readyz")

@@ -48,7 +48,7 @@ class ServiceClient:
         retry = Retry(
             total=connect_retries,
             connect=connect_retries,
-            read=0,
+            read=False,  # a read error (timeout) is re-raised as itself, never retried
             status=0,
             other=0,
             redirect=0,

@@ -11,9 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -38,6 +40,7 @@ class ServiceProcess:
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
+        on_output: Callable[[str], None] | None = None,
     ) -> None:
         self.package = package
         self.port = port or free_port()
@@ -45,6 +48,7 @@ class ServiceProcess:
         self.env = dict(env or {})
         self.log_path = log_path
         self.extra_args = list(extra_args or [])
+        self.on_output = on_output
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
@@ -66,8 +70,10 @@ class ServiceProcess:
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        stdout = subprocess.DEVNULL
-        if self.log_path is not None:
+        stdout: Any = subprocess.DEVNULL
+        if self.on_output is not None:
+            stdout = subprocess.PIPE
+        elif self.log_path is not None:
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             stdout = self._log_file
         self.process = subprocess.Popen(
@@ -78,7 +84,16 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self.on_output is not None:
+            threading.Thread(target=self._relay_output, daemon=True).start()
         return self
+
+    def _relay_output(self) -> None:
+        process, emit = self.process, self.on_output
+        if process is None or process.stdout is None or emit is None:
+            return
+        for raw in process.stdout:
+            emit(raw.decode(errors="replace").rstrip("\n"))
 
     def wait_ready(self, timeout_s: float = 120.0, path: str = "/readyz") -> None:
         """Poll the readiness endpoint until it answers 200; raise with the log tail otherwise."""

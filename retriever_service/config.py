@@ -31,7 +31,6 @@ class RetrieverConfig(ServiceSettings):
         None, ge=16, description="Chunk budget in model tokens; the model's limit when unset."
     )
 
-    max_top_k: int = Field(50, ge=1, le=1000)
     max_embed_texts: int = Field(256, ge=1, le=10_000)
     max_documents_per_request: int = Field(1000, ge=1, le=100_000)
     max_text_chars: int = Field(2_000_000, ge=1000)

@@ -6,8 +6,14 @@ downstream 5xx → 502, downstream 4xx → its own status and envelope, passed t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -24,13 +30,104 @@ from qa_common.request_context import REQUEST_ID_HEADER, get_request_id
 log = logging.getLogger(__name__)
 
 
+class ReplicaPool:
+    """Spread requests over a service's replicas, round-robin, setting failed ones aside.
+
+    Each configured URL whose host name resolves to several addresses (a scaled compose
+    service, a Kubernetes headless Service) expands to one replica per address; names are
+    re-resolved every ``dns_refresh_s`` so replicas that come and go are followed. A replica
+    whose connection failed is skipped for ``cooldown_s``, then tried again.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        cooldown_s: float = 10.0,
+        dns_refresh_s: float = 15.0,
+        resolve: Callable[[str, int], list[str]] | None = None,
+    ) -> None:
+        self.urls = [u.rstrip("/") for u in urls if u.strip()]
+        if not self.urls:
+            raise ValueError("at least one URL is needed")
+        self.cooldown_s = cooldown_s
+        self.dns_refresh_s = dns_refresh_s
+        self._resolve = resolve or _resolve_addresses
+        self._lock = threading.Lock()
+        self._replicas: list[str] = list(self.urls)
+        self._resolved_at = float("-inf")
+        self._next = 0
+        self._failed_until: dict[str, float] = {}
+
+    def candidates(self) -> list[str]:
+        """Return replicas to try in order: the next healthy ones first, set-aside ones last."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._resolved_at >= self.dns_refresh_s:
+                self._refresh(now)
+            count = len(self._replicas)
+            start = self._next % count
+            self._next = (self._next + 1) % count
+            ordered = self._replicas[start:] + self._replicas[:start]
+            healthy = [u for u in ordered if self._failed_until.get(u, 0.0) <= now]
+            resting = [u for u in ordered if self._failed_until.get(u, 0.0) > now]
+        return healthy + resting
+
+    def mark_failed(self, url: str) -> None:
+        with self._lock:
+            self._failed_until[url] = time.monotonic() + self.cooldown_s
+
+    def mark_ok(self, url: str) -> None:
+        if url in self._failed_until:
+            with self._lock:
+                self._failed_until.pop(url, None)
+
+    def _refresh(self, now: float) -> None:
+        replicas: list[str] = []
+        for url in self.urls:
+            parts = urlsplit(url)
+            host, port = (
+                parts.hostname or "",
+                parts.port or (443 if parts.scheme == "https" else 80),
+            )
+            try:
+                addresses = [] if _is_ip(host) else self._resolve(host, port)
+            except OSError:
+                addresses = []  # unresolvable now: keep the name and let the connection fail
+            if len(addresses) > 1:
+                replicas += [
+                    urlunsplit(parts._replace(netloc=f"{_bracket(a)}:{port}")) for a in addresses
+                ]
+            else:
+                replicas.append(url)
+        self._replicas = list(dict.fromkeys(replicas))
+        self._resolved_at = now
+
+
+def _resolve_addresses(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
 class ServiceClient:
-    """One pooled ``requests.Session`` to one downstream service, with explicit timeouts."""
+    """Pooled ``requests.Session`` to one downstream service (one or more replicas)."""
 
     def __init__(
         self,
         service: str,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 30.0,
@@ -38,9 +135,15 @@ class ServiceClient:
         retry_backoff_s: float = 0.2,
         pool_size: int = 16,
         headers: dict[str, str] | None = None,
+        replica_cooldown_s: float = 10.0,
+        dns_refresh_s: float = 15.0,
     ) -> None:
         self.service = service
-        self.base_url = base_url.rstrip("/")
+        urls = [u.strip() for u in base_url.split(",")] if isinstance(base_url, str) else base_url
+        self.replicas = ReplicaPool(
+            urls, cooldown_s=replica_cooldown_s, dns_refresh_s=dns_refresh_s
+        )
+        self.base_url = self.replicas.urls[0]
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.session = requests.Session()
         # Only a refused or failed connection is safe to retry: the request never reached the
@@ -56,7 +159,7 @@ class ServiceClient:
             backoff_factor=retry_backoff_s,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=pool_size)
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=32, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers or {})
@@ -75,26 +178,48 @@ class ServiceClient:
         read_timeout_s: float | None = None,
         stream: bool = False,
     ) -> requests.Response:
-        """Send a request; return the response when its status is 2xx, raise otherwise."""
-        url = f"{self.base_url}{path}"
+        """Send a request; return the response when its status is 2xx, raise otherwise.
+
+        A replica that cannot be connected to is set aside and the next one tried: the request
+        never reached it, so trying elsewhere cannot do the work twice.
+        """
         headers = {}
         request_id = get_request_id()
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         timeout = self.timeout if read_timeout_s is None else (self.timeout[0], read_timeout_s)
+        unavailable: DependencyUnavailable | None = None
+        for base_url in self.replicas.candidates():
+            try:
+                response = self._send(
+                    base_url,
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout,
+                    stream=stream,
+                )
+            except DependencyUnavailable as exc:
+                self.replicas.mark_failed(base_url)
+                log.warning("%s replica %s unreachable; trying the next", self.service, base_url)
+                unavailable = exc
+                continue
+            self.replicas.mark_ok(base_url)
+            self._raise_for_status(response)
+            return response
+        assert unavailable is not None  # candidates() is never empty
+        raise unavailable
+
+    def _send(
+        self, base_url: str, method: str, path: str, *, timeout: tuple[float, float], **kwargs: Any
+    ) -> requests.Response:
         try:
-            response = self.session.request(
-                method,
-                url,
-                json=json,
-                params=params,
-                headers=headers,
-                timeout=timeout,
-                stream=stream,
-            )
+            return self.session.request(method, f"{base_url}{path}", timeout=timeout, **kwargs)
         except requests.exceptions.ConnectTimeout as exc:
             raise DependencyUnavailable(
-                f"{self.service} at {self.base_url} did not accept a connection in time.",
+                f"{self.service} at {base_url} did not accept a connection in time.",
                 dependency=self.service,
             ) from exc
         except requests.exceptions.ReadTimeout as exc:
@@ -103,14 +228,12 @@ class ServiceClient:
             ) from exc
         except requests.exceptions.ConnectionError as exc:
             raise DependencyUnavailable(
-                f"{self.service} at {self.base_url} cannot be reached.", dependency=self.service
+                f"{self.service} at {base_url} cannot be reached.", dependency=self.service
             ) from exc
         except requests.exceptions.RequestException as exc:
             raise BadGateway(
                 f"Calling {self.service} failed: {exc}", dependency=self.service
             ) from exc
-        self._raise_for_status(response)
-        return response
 
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request and return its parsed JSON body."""

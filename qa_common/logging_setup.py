@@ -53,3 +53,5 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
     # Libraries that log every HTTP call or telemetry attempt drown the request log.
     for noisy in ("urllib3", "httpx", "httpcore", "chromadb.telemetry", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each connect retry is already reported, with the replica, by qa_common.http_client.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

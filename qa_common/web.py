@@ -79,7 +79,10 @@ def parse_body(model: type[ModelT]) -> ModelT:
     """Validate the JSON request body against a pydantic model (415/400/422 otherwise)."""
     if not request.is_json:
         raise UnsupportedMediaType()
-    payload = request.get_json(silent=True)
+    try:
+        payload = request.get_json(silent=True)
+    except RecursionError:  # nested too deeply for json: not a ValueError, so not silenced
+        payload = None
     if payload is None:
         raise BadRequest("The request body is not valid JSON.", code="invalid_json")
     return validate(model, payload, "body")
@@ -197,7 +200,8 @@ def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) ->
 
     @app.errorhandler(ServiceError)
     def _service_error(error: ServiceError) -> Response:
-        if error.status >= 500:
+        # A probe polls /readyz every few seconds: its "not ready" would flood the log.
+        if error.status >= 500 and request.endpoint != "readyz":
             log.warning("%s: %s", error.code, error.message)
         return error_response(error)
 
@@ -209,7 +213,9 @@ def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) ->
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         code = (error.name or "http_error").lower().replace(" ", "_")
-        wrapped = ServiceError(error.description or error.name, code=code)
+        # Keep werkzeug's own headers (a 405's Allow) but not its HTML content type.
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        wrapped = ServiceError(error.description or error.name, code=code, headers=headers)
         wrapped.status = error.code or 500
         return error_response(wrapped)
 

@@ -18,6 +18,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+")
 # A line that starts a block of its own in Markdown-ish text: heading, list item, table row, quote.
 _BLOCK_START = re.compile(r"^\s*(#{1,6}\s|[-*+•]\s|\d{1,3}[.)]\s|\||>)")
+_LIST_NUMBER = re.compile(r"\d{1,3}[.)]")
 _LINE_END_PUNCT = re.compile(r"[.!?:;…]\s*$")
 # A paragraph may start a new chunk once the current one is this full.
 _PARAGRAPH_BREAK_FILL = 0.6
@@ -94,10 +95,12 @@ class Chunker:
             if len(tokens) <= self.max_tokens:
                 units.append(_Unit(start, end, paragraph, len(tokens)))
             else:
-                units.extend(self._split_long(start, paragraph, tokens))
+                units.extend(self._split_long(text[start:end], start, paragraph, tokens))
         return units
 
-    def _split_long(self, base: int, paragraph: int, tokens: list[tuple[int, int]]) -> list[_Unit]:
+    def _split_long(
+        self, sentence: str, base: int, paragraph: int, tokens: list[tuple[int, int]]
+    ) -> list[_Unit]:
         """Cut a sentence longer than the budget into windows, at word starts where possible."""
         pieces: list[_Unit] = []
         first = 0
@@ -110,8 +113,14 @@ class Chunker:
                     cut -= 1
                 if cut > first + 1:
                     last = cut
+            # A window cut inside a word is tokenized afresh on its own (its first piece loses
+            # its "##" continuation) and can need more tokens: shrink it until it fits.
+            count = self.count_tokens([sentence[tokens[first][0] : tokens[last - 1][1]]])[0]
+            while count > self.max_tokens and last - first > 1:
+                last -= 1
+                count = self.count_tokens([sentence[tokens[first][0] : tokens[last - 1][1]]])[0]
             pieces.append(
-                _Unit(base + tokens[first][0], base + tokens[last - 1][1], paragraph, last - first)
+                _Unit(base + tokens[first][0], base + tokens[last - 1][1], paragraph, count)
             )
             first = last
         return pieces
@@ -175,6 +184,9 @@ def _block_sentences(block: str):
     for start, end in _logical_lines(block):
         piece_start = start
         for match in _SENTENCE_END.finditer(block, start, end):
+            # "7. Check the compressor": a list number is not a sentence of its own.
+            if _LIST_NUMBER.fullmatch(block[piece_start : match.end()].strip()):
+                continue
             yield from _trimmed(block, piece_start, match.end())
             piece_start = match.end()
         if piece_start < end:

@@ -14,6 +14,8 @@ workers = int(os.environ.get("RETRIEVER_WORKERS", "1")) if os.environ.get("CHROM
 timeout = int(os.environ.get("RETRIEVER_TIMEOUT_S", "300"))
 graceful_timeout = 30
 keepalive = 5
+# Several services on one machine would fight over gunicorn's one default control socket path.
+control_socket_disable = True
 preload_app = False
 accesslog = None  # the app writes its own access line, with the request id
 errorlog = "-"

@@ -245,6 +245,7 @@ class KnowledgeBase:
     def get_document(self, document_id: str, collection: str | None = None) -> dict[str, Any]:
         """Return a stored document's chunk count, content hash and metadata."""
         name = self.collection(collection)
+        self.store.ensure_collection(name, create=name == self.default_collection)
         chunks = self.store.get(name, where={DOCUMENT_ID: document_id}, with_content=True)
         if not chunks:
             raise DocumentNotFound(f"No document {document_id!r} in collection {name!r}.")
@@ -261,6 +262,7 @@ class KnowledgeBase:
     def delete_document(self, document_id: str, collection: str | None = None) -> int:
         """Delete all chunks of a document; return how many there were."""
         name = self.collection(collection)
+        self.store.ensure_collection(name, create=name == self.default_collection)
         with self._write_lock:
             chunks = self.store.get(name, where={DOCUMENT_ID: document_id})
             if not chunks:

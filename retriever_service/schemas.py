@@ -61,6 +61,16 @@ class SearchRequest(_Strict):
 
     _blank_query = field_validator("query")(_not_blank)
 
+    @field_validator("where")
+    @classmethod
+    def _valid_where(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Chroma rejects a bad filter with a bare ValueError deep in the query (a 500 otherwise).
+        if value:
+            from chromadb.api.types import validate_where
+
+            validate_where(value)
+        return value
+
 
 class EmbedRequest(_Strict):
     texts: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]

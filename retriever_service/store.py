@@ -98,7 +98,8 @@ class ChromaStore:
         self.description = f"chroma server {host}:{port}" if host else f"embedded chroma at {path}"
         self._client: Any = None
         self._collections: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a failed connect in _get_client calls _forget_connection under the lock.
+        self._lock = threading.RLock()
 
     # -- connection ---------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import requests
+
 from qa_common.process import REPO_ROOT, ServiceProcess
 
 _print_lock = threading.Lock()
@@ -37,12 +39,42 @@ def say(message: str) -> None:
     _prefixed("start")(message)
 
 
+def explain_generator(generator: ServiceProcess, wait_s: float = 600.0) -> None:
+    """Wait for the generator's model; if it cannot load, say why and how to fix it, once."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(f"{generator.url}/readyz", timeout=5)
+        except requests.RequestException:
+            time.sleep(1)
+            continue
+        if response.status_code == 200:
+            say("generator_service is ready: answers are generated, then checked against sources")
+            return
+        message = response.json().get("error", {}).get("message", "").splitlines()[0]
+        if "not loaded" in message or "could not" in message.lower():
+            say(
+                f"the generator's model could not be loaded ({message[:160]}); answers are "
+                "extractive. Fix: let it download once (network access, HF_HOME), or set "
+                "GENERATOR_MODEL to a local model directory."
+            )
+            return
+        time.sleep(1)
+    say("the generator is still loading its model; answers are extractive until it is ready")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/start.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO_ROOT / "data"), help="folder to ingest")
     parser.add_argument("--no-ingest", action="store_true", help="start without ingesting")
     parser.add_argument(
+        "--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000"))
+    )
+    parser.add_argument(
         "--retriever-port", type=int, default=int(os.environ.get("RETRIEVER_PORT", "8001"))
+    )
+    parser.add_argument(
+        "--generator-port", type=int, default=int(os.environ.get("GENERATOR_PORT", "8002"))
     )
     args = parser.parse_args(argv)
 
@@ -54,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         env={"CHROMA_PATH": os.environ.get("CHROMA_PATH", str(state_dir / "chroma"))},
         on_output=_prefixed("retriever"),
     )
-    services = [retriever]
+    generator = ServiceProcess(
+        "generator_service", port=args.generator_port, on_output=_prefixed("generator")
+    )
+    gateway = ServiceProcess(
+        "gateway",
+        port=args.gateway_port,
+        env={"RETRIEVER_URL": retriever.url, "GENERATOR_URL": generator.url},
+        on_output=_prefixed("gateway"),
+    )
+    services = [retriever, generator, gateway]
 
     stopping = threading.Event()
 
@@ -68,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         for service in services:
             say(f"starting {service.package} on {service.url}")
             service.start()
-        for service in services:
-            service.wait_ready(timeout_s=300)
-            say(f"{service.package} is ready")
+        retriever.wait_ready(timeout_s=300)
+        say("retriever_service is ready")
+        gateway.wait_ready(timeout_s=120)
+        say("gateway is ready")
+        # The generator may take minutes (a first download) or never be ready (no network for
+        # the download): the gateway answers extractively meanwhile, so nothing waits for it.
+        threading.Thread(target=explain_generator, args=(generator,), daemon=True).start()
         if not args.no_ingest:
             from retriever_service import ingest
 
@@ -78,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             code = ingest.main([args.data, "--url", retriever.url, "--quiet"])
             if code != 0:
                 say("some documents could not be ingested; see above")
-        say(f"retriever API:  {retriever.url}/v1/search   (docs: README.md)")
+        say(f"chat page:      {gateway.url}/")
+        say(f"API:            {gateway.url}/v1/ask   (documentation: {gateway.url}/docs)")
         say("press Ctrl-C to stop")
         while not stopping.is_set():
             for service in services:

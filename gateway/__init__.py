@@ -1,0 +1,1 @@
+"""Gateway: the one service users talk to; answers questions from retrieved snippets."""

@@ -1,0 +1,396 @@
+"""Turn a question into an answer: retrieve, generate, check grounding, or extract.
+
+The modes, in the order they are tried:
+- ``no_answer``: the question's relevance to the best snippets is below
+  ``NO_ANSWER_MIN_RELEVANCE``; say the documents do not cover the question rather than guess
+  (the closest sources are still listed). Relevance is the best cosine score plus
+  ``NO_ANSWER_LEXICAL_WEIGHT`` times the share of the question's content words found in the
+  top snippets: cosine alone cannot tell "about a neighbouring topic" from "about this", and the
+  shared words (names, numbers, terms) can (docs/benchmarks.md has the measurements).
+- ``generated``: the generator's text, returned only when the snippets support it: most of its
+  content words occur in them and it is close in meaning to one of their sentences.
+- ``extractive``: the snippet sentence(s) that best answer the question; used when the
+  generated text is unsupported, or the generator is down, overloaded or slow (``degraded``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.clients import GeneratorClient, RetrieverClient
+from gateway.config import GatewayConfig
+from gateway.text import content_words, overlap, split_sentences
+from qa_common.errors import (
+    DependencyError,
+    DependencyTimeout,
+    DependencyUnavailable,
+    DownstreamError,
+    ServiceError,
+)
+
+log = logging.getLogger(__name__)
+
+NO_ANSWER_TEXT = (
+    "I could not find this in the documents. The closest passages are listed below, "
+    "but none of them answers the question."
+)
+# Snippet sentences considered for an extractive answer, at most.
+_MAX_CANDIDATE_SENTENCES = 64
+# How much the words shared with the question, and the retrieval score of the sentence's
+# snippet, add to a sentence's semantic similarity to the question.
+_LEXICAL_WEIGHT = 0.15
+_SOURCE_WEIGHT = 0.3
+# The best sentence is followed by the next one unless it is this long already: answers often
+# span two sentences ("They beat the Steelers. Then they beat the Patriots, 20-18.").
+_FOLLOWING_SENTENCE_MAX_WORDS = 40
+# Snippets whose words count towards a question's relevance.
+_RELEVANCE_SNIPPETS = 3
+# A question is read as a follow-up only if this share of its own content words occurs in the
+# snippets found with the previous question in front.
+_FOLLOW_UP_MIN_OWN_WORDS = 0.5
+
+
+@dataclass(frozen=True)
+class Source:
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "document_id": self.document_id,
+            "chunk_id": self.chunk_id,
+            "text": self.text,
+            "score": self.score,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    text: str
+
+
+@dataclass
+class Answer:
+    text: str
+    mode: str
+    sources: list[Source]
+    degraded: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    grounding: dict[str, float] | None = None
+    relevance: float | None = None
+
+    def to_dict(self, request_id: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "answer": self.text,
+            "mode": self.mode,
+            "sources": [s.to_dict() for s in self.sources],
+        }
+        if self.degraded:
+            body["degraded"] = list(self.degraded)
+        if self.relevance is not None:
+            body["relevance"] = round(self.relevance, 4)
+        if self.grounding is not None:
+            body["grounding"] = self.grounding
+        body["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
+        body["request_id"] = request_id
+        return body
+
+
+def relevance(question: str, sources: Sequence[Source], lexical_weight: float) -> float:
+    """Score how well the top snippets cover a question: cosine plus shared content words."""
+    if not sources:
+        return -1.0
+    words = content_words(question)
+    shared = max(overlap(words, content_words(s.text)) for s in sources[:_RELEVANCE_SNIPPETS])
+    return sources[0].score + lexical_weight * shared
+
+
+def contextual_question(question: str, history: Sequence[Turn]) -> str:
+    """Prefix the previous user question, so that a follow-up names what it is about."""
+    previous = next((t.text for t in reversed(history) if t.role == "user"), None)
+    return f"{previous} {question}" if previous else question
+
+
+def degraded_reason(error: ServiceError) -> str:
+    """Name why the generator could not answer, for the ``degraded`` list."""
+    if isinstance(error, DependencyTimeout):
+        return "generator_timeout"
+    if isinstance(error, DependencyUnavailable):
+        return "generator_unavailable"
+    if isinstance(error, DownstreamError) and error.status == 429:
+        return "generator_overloaded"
+    if isinstance(error, DependencyError) and (error.details or {}).get("status") == 503:
+        return "generator_unavailable"
+    return "generator_error"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    def lap(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + (now - since) * 1000
+        return now
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = (time.perf_counter() - self._started) * 1000
+        return self.timings
+
+
+class Answerer:
+    """The /v1/ask pipeline over a retriever and a generator client."""
+
+    def __init__(
+        self, retriever: RetrieverClient, generator: GeneratorClient, config: GatewayConfig
+    ) -> None:
+        self.retriever = retriever
+        self.generator = generator
+        self.config = config
+
+    # -- retrieval ----------------------------------------------------------------------------
+
+    def _search(self, query: str, top_k: int, collection: str | None) -> list[Source]:
+        return [
+            Source(
+                document_id=hit["document_id"],
+                chunk_id=hit["chunk_id"],
+                text=hit["text"],
+                score=float(hit["score"]),
+                metadata=hit.get("metadata") or {},
+            )
+            for hit in self.retriever.search(query, top_k, collection)
+        ]
+
+    def retrieve(
+        self, question: str, history: Sequence[Turn], top_k: int, collection: str | None = None
+    ) -> tuple[list[Source], float, str]:
+        """Find the sources for a question; return them, their relevance, and the query used.
+
+        "And how much does it cost?" names nothing; read after the previous user question it
+        finds its snippet. So a question asked after others is also searched with the previous
+        question in front, and that reading wins when it is more relevant, but only while the
+        question's own words occur in what it found: "What is the capital of Mongolia?" after a
+        question about batteries is a new topic, not a follow-up, whatever the battery snippets
+        score.
+        """
+        weight = self.config.no_answer_lexical_weight
+        sources = self._search(question, top_k, collection)
+        score = relevance(question, sources, weight)
+        contextual = contextual_question(question, history)
+        if contextual == question:
+            return sources, score, question
+        contextual_sources = self._search(contextual, top_k, collection)
+        own_words = content_words(question)
+        found = set().union(
+            *(content_words(s.text) for s in contextual_sources[:_RELEVANCE_SNIPPETS])
+        )
+        is_follow_up = overlap(own_words, found) >= _FOLLOW_UP_MIN_OWN_WORDS
+        contextual_score = relevance(contextual, contextual_sources, weight)
+        if is_follow_up and contextual_score > score:
+            return contextual_sources, contextual_score, contextual
+        return sources, score, question
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _generation_request(
+        self, question: str, sources: Sequence[Source], history: Sequence[Turn]
+    ) -> dict[str, Any]:
+        return {
+            "question": question,
+            "snippets": [s.text for s in sources[: self.config.context_snippets]],
+            "history": [{"role": t.role, "text": t.text} for t in history],
+        }
+
+    def answer(
+        self,
+        question: str,
+        *,
+        history: Sequence[Turn] = (),
+        top_k: int | None = None,
+        collection: str | None = None,
+    ) -> Answer:
+        """Answer a question in one piece."""
+        clock = _Clock()
+        started = time.perf_counter()
+        history = list(history)[-self.config.max_history_turns :] if history else []
+        sources, score, query = self.retrieve(
+            question, history, top_k or self.config.default_top_k, collection
+        )
+        started = clock.lap("retrieve", started)
+        if score < self.config.no_answer_min_relevance:
+            return Answer(
+                NO_ANSWER_TEXT, "no_answer", sources, timings_ms=clock.total(), relevance=score
+            )
+        degraded: list[str] = []
+        generated: str | None = None
+        try:
+            result = self.generator.generate(self._generation_request(question, sources, history))
+            generated = str(result.get("answer", ""))
+        except ServiceError as exc:
+            log.warning("generator failed (%s): answering extractively", exc.message)
+            degraded.append(degraded_reason(exc))
+        started = clock.lap("generate", started)
+        answer = self._finish(question, query, sources, generated, degraded, clock, started)
+        answer.relevance = score
+        return answer
+
+    def answer_stream(
+        self,
+        question: str,
+        *,
+        history: Sequence[Turn] = (),
+        top_k: int | None = None,
+        collection: str | None = None,
+    ) -> tuple[list[Source], Iterator[tuple[str, dict[str, Any]]]]:
+        """Retrieve now (so its errors are ordinary responses), then stream the answer."""
+        clock = _Clock()
+        started = time.perf_counter()
+        history = list(history)[-self.config.max_history_turns :] if history else []
+        sources, score, query = self.retrieve(
+            question, history, top_k or self.config.default_top_k, collection
+        )
+        started = clock.lap("retrieve", started)
+
+        def events() -> Iterator[tuple[str, dict[str, Any]]]:
+            yield "sources", {"sources": [s.to_dict() for s in sources]}
+            if score < self.config.no_answer_min_relevance:
+                answer = Answer(
+                    NO_ANSWER_TEXT, "no_answer", sources, timings_ms=clock.total(), relevance=score
+                )
+                yield "done", _final(answer)
+                return
+            degraded: list[str] = []
+            pieces: list[str] = []
+            generated: str | None = None
+            began = started
+            try:
+                for event in self.generator.stream(
+                    self._generation_request(question, sources, history)
+                ):
+                    if event.event == "token":
+                        text = str(event.data.get("text", ""))
+                        pieces.append(text)
+                        yield "token", {"text": text}
+                    elif event.event == "done":
+                        generated = str(event.data.get("answer", "".join(pieces)))
+            except ServiceError as exc:
+                log.warning("generator stream failed (%s): answering extractively", exc.message)
+                degraded.append(degraded_reason(exc))
+                generated = None
+            began = clock.lap("generate", began)
+            answer = self._finish(question, query, sources, generated, degraded, clock, began)
+            answer.relevance = score
+            yield "done", _final(answer)
+
+        return sources, events()
+
+    def _finish(
+        self,
+        question: str,
+        query: str,
+        sources: list[Source],
+        generated: str | None,
+        degraded: list[str],
+        clock: _Clock,
+        started: float,
+    ) -> Answer:
+        context = sources[: self.config.context_snippets]
+        grounding: dict[str, float] | None = None
+        if generated is not None and generated.strip():
+            grounding, grounding_degraded = self.grounding(generated, context)
+            degraded += grounding_degraded
+            started = clock.lap("ground", started)
+            if grounding["supported"]:
+                return Answer(
+                    generated.strip(), "generated", sources, degraded, clock.total(), grounding
+                )
+        # A follow-up's sentence is picked with the question it continues ("… and the cost?").
+        text, extract_degraded = self.extract(query, context)
+        degraded += extract_degraded
+        clock.lap("extract", started)
+        return Answer(text, "extractive", sources, degraded, clock.total(), grounding)
+
+    # -- grounding and extraction -------------------------------------------------------------
+
+    def grounding(
+        self, generated: str, sources: Sequence[Source]
+    ) -> tuple[dict[str, float], list[str]]:
+        """Measure how well the snippets support a generated answer."""
+        answer_words = content_words(generated)
+        snippet_words = set().union(*(content_words(s.text) for s in sources)) if sources else set()
+        lexical = overlap(answer_words, snippet_words)
+        result = {"overlap": round(lexical, 4), "similarity": 0.0, "supported": 0.0}
+        if len(answer_words) < 2 or lexical < self.config.grounding_min_overlap:
+            return result, []
+        sentences = [s for src in sources for s in split_sentences(src.text)]
+        sentences = sentences[:_MAX_CANDIDATE_SENTENCES]
+        try:
+            vectors = np.asarray(self.retriever.embed([generated, *sentences]), dtype=np.float32)
+        except ServiceError as exc:
+            # Without embeddings, trust only a near-verbatim answer.
+            log.warning("embedding for the grounding check failed: %s", exc.message)
+            result["supported"] = float(lexical >= 0.9)
+            return result, ["grounding_check_unavailable"]
+        similarity = float(np.max(vectors[1:] @ vectors[0])) if len(sentences) else 0.0
+        result["similarity"] = round(similarity, 4)
+        result["supported"] = float(similarity >= self.config.grounding_min_similarity)
+        return result, []
+
+    def extract(self, question: str, sources: Sequence[Source]) -> tuple[str, list[str]]:
+        """Pick the snippet sentence(s) that best answer the question."""
+        candidates: list[tuple[int, int, str]] = []  # (source index, sentence index, text)
+        for si, source in enumerate(sources):
+            for ti, sentence in enumerate(split_sentences(source.text)):
+                candidates.append((si, ti, sentence))
+        answerable = [c for c in candidates if _is_statement(c[2])] or candidates
+        answerable = answerable[:_MAX_CANDIDATE_SENTENCES]
+        if not answerable:
+            return NO_ANSWER_TEXT, []
+        question_words = content_words(question)
+        lexical = np.array(
+            [overlap(question_words, content_words(c[2])) for c in answerable], dtype=np.float32
+        )
+        degraded: list[str] = []
+        try:
+            vectors = np.asarray(
+                self.retriever.embed([question, *(c[2] for c in answerable)]), dtype=np.float32
+            )
+            semantic = vectors[1:] @ vectors[0]
+        except ServiceError as exc:
+            log.warning("embedding for extraction failed: %s; using word overlap", exc.message)
+            semantic = np.zeros(len(answerable), dtype=np.float32)
+            degraded.append("extraction_lexical_only")
+        # A sentence from a snippet that matched the question better is likelier the answer.
+        source_score = np.array([sources[c[0]].score for c in answerable], dtype=np.float32)
+        scores = semantic + _LEXICAL_WEIGHT * lexical + _SOURCE_WEIGHT * source_score
+        best = int(np.argmax(scores))
+        chosen = [answerable[best]]
+        if self.config.extractive_max_sentences > 1:
+            following = [c for c in answerable if c[0] == chosen[0][0] and c[1] == chosen[0][1] + 1]
+            if following and len(chosen[0][2].split()) < _FOLLOWING_SENTENCE_MAX_WORDS:
+                chosen.append(following[0])
+        return " ".join(c[2] for c in chosen), degraded
+
+
+def _is_statement(sentence: str) -> bool:
+    # FAQ chunks start with their question: repeating the question back is no answer.
+    return not sentence.rstrip().endswith("?") and len(sentence.split()) >= 3
+
+
+def _final(answer: Answer) -> dict[str, Any]:
+    from qa_common.request_context import get_request_id
+
+    return answer.to_dict(get_request_id())

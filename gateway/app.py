@@ -1,0 +1,235 @@
+"""The gateway's Flask app factory and routes."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from flask import Flask, Response, jsonify, request, send_from_directory, stream_with_context
+
+from gateway.answering import Answerer, Turn
+from gateway.clients import GeneratorClient, RetrieverClient
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import AdminRoutesDisabled
+from gateway.openapi import Operation, build_openapi
+from gateway.schemas import (
+    AskRequest,
+    AskResponse,
+    DeleteResponse,
+    DocumentsRequest,
+    DocumentsResponse,
+    Health,
+)
+from qa_common.errors import Forbidden, NotReady, ServiceError, Unauthorized
+from qa_common.logging_setup import configure_logging
+from qa_common.request_context import get_request_id, set_request_id
+from qa_common.web import install_service_plumbing, parse_body
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API_VERSION = "1.0.0"
+_COLLECTION_PARAM = {
+    "name": "collection",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+}
+OPERATIONS = [
+    Operation(
+        "post",
+        "/v1/ask",
+        "Answer a question from the documents",
+        "answers",
+        request=AskRequest,
+        response=AskResponse,
+        errors=(400, 401, 403, 413, 415, 422, 429, 502, 503, 504),
+        auth=True,
+        extra_responses={
+            "200": {
+                "description": "The answer; with `stream: true`, server-sent events: `sources`, "
+                "`token`… and a final `done` carrying the same object as the JSON answer.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/AskResponse"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    ),
+    Operation(
+        "post",
+        "/v1/documents",
+        "Add or replace documents (admin key)",
+        "documents",
+        request=DocumentsRequest,
+        response=DocumentsResponse,
+        errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
+        auth=True,
+    ),
+    Operation(
+        "delete",
+        "/v1/documents/{document_id}",
+        "Delete a document (admin key)",
+        "documents",
+        response=DeleteResponse,
+        errors=(401, 403, 404, 502, 503, 504),
+        auth=True,
+        parameters=[
+            {"name": "document_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            _COLLECTION_PARAM,
+        ],
+    ),
+    Operation("get", "/healthz", "The process is alive", "operations", response=Health),
+    Operation(
+        "get", "/readyz", "The retriever answers", "operations", response=Health, errors=(503,)
+    ),
+]
+
+
+def _bearer_token() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _check_key(allowed: list[str]) -> None:
+    """Require a bearer token equal to one of the allowed keys, compared in constant time."""
+    token = _bearer_token()
+    if token is None:
+        raise Unauthorized(
+            "Send the key as 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="grounded-qa"'},
+        )
+    matched = False
+    for key in allowed:  # no early exit: the time taken must not tell which key nearly matched
+        matched |= hmac.compare_digest(token.encode(), key.encode())
+    if not matched:
+        raise Forbidden("This key is not allowed here.")
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def create_app(
+    config: GatewayConfig | None = None,
+    *,
+    retriever: RetrieverClient | None = None,
+    generator: GeneratorClient | None = None,
+) -> Flask:
+    """Build the gateway app; it holds one pooled client per downstream service."""
+    config = config or load_config()
+    configure_logging("gateway", config.log_level, config.log_format)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    install_service_plumbing(app, "gateway", max_in_flight=config.max_in_flight)
+    retriever = retriever or RetrieverClient(config)
+    generator = generator or GeneratorClient(config)
+    answerer = Answerer(retriever, generator, config)
+    app.extensions["answerer"] = answerer
+    admin_key = config.admin_api_key.get_secret_value() if config.admin_api_key else None
+    ask_keys = config.ask_keys
+    openapi_document = build_openapi(OPERATIONS, title="grounded-qa gateway", version=API_VERSION)
+
+    def require_admin() -> None:
+        if admin_key is None:
+            raise AdminRoutesDisabled()
+        _check_key([admin_key])
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        try:
+            retriever.ready()
+        except ServiceError as exc:
+            raise NotReady(f"The retriever is not ready: {exc.message}") from exc
+        try:
+            generator.ready()
+            generator_state = "ready"
+        except ServiceError as exc:
+            # Without the generator, answers are extractive: degraded, still ready.
+            generator_state = f"unavailable: {exc.message}"
+        return jsonify(status="ready", retriever="ready", generator=generator_state)
+
+    @app.post("/v1/ask")
+    def ask() -> Any:
+        if ask_keys:
+            _check_key([*ask_keys, *([admin_key] if admin_key else [])])
+        body = parse_body(AskRequest)
+        history = [Turn(t.role, t.text) for t in body.history]
+        if not body.stream:
+            answer = answerer.answer(
+                body.question, history=history, top_k=body.top_k, collection=body.collection
+            )
+            return jsonify(answer.to_dict(get_request_id()))
+        _, events = answerer.answer_stream(
+            body.question, history=history, top_k=body.top_k, collection=body.collection
+        )
+        request_id = get_request_id()
+
+        def stream() -> Iterator[str]:
+            set_request_id(request_id)
+            try:
+                for event, data in events:
+                    yield _sse(event, data)
+            except ServiceError as exc:
+                yield _sse("error", exc.to_dict(request_id))
+            except Exception:
+                log.exception("answer stream failed")
+                yield _sse("error", ServiceError().to_dict(request_id))
+
+        response = Response(stream_with_context(stream()), mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        return response
+
+    @app.post("/v1/documents")
+    def add_documents() -> Any:
+        require_admin()
+        body = parse_body(DocumentsRequest)
+        payload = body.model_dump(exclude_none=True)
+        return jsonify(retriever.request_json("POST", "/v1/documents", json=payload))
+
+    @app.delete("/v1/documents/<path:document_id>")
+    def delete_document(document_id: str) -> Any:
+        require_admin()
+        params = (
+            {"collection": request.args["collection"]} if "collection" in request.args else None
+        )
+        # Every "/" and "." escaped: HTTP clients resolve "." and ".." segments, which would
+        # send "notes/../faq-001" to the document "faq-001". The retriever decodes them back.
+        escaped = quote(document_id, safe="").replace(".", "%2E")
+        return jsonify(retriever.request_json("DELETE", f"/v1/documents/{escaped}", params=params))
+
+    @app.get("/openapi.json")
+    def openapi() -> Any:
+        return jsonify(openapi_document)
+
+    @app.get("/docs")
+    @app.get("/docs/")
+    def docs() -> Any:
+        return send_from_directory(STATIC_DIR, "docs.html")
+
+    @app.get("/docs/assets/<path:filename>")
+    def docs_assets(filename: str) -> Any:
+        import swagger_ui_bundle
+
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    @app.get("/")
+    def chat_page() -> Any:
+        return send_from_directory(STATIC_DIR, "index.html")
+
+    @app.get("/static/<path:filename>")
+    def static_files(filename: str) -> Any:
+        return send_from_directory(STATIC_DIR, filename)
+
+    return app

@@ -1,0 +1,273 @@
+"""The generator's Flask app factory and routes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, Response, jsonify, stream_with_context
+from prometheus_client import Counter, Gauge, Histogram
+
+from generator_service.batching import SamplingParams
+from generator_service.config import GeneratorConfig, load_config
+from generator_service.errors import ModelNotLoaded
+from generator_service.generators import Generation, Generator, build_generator
+from generator_service.prompt import PromptBuilder, Turn, get_template
+from generator_service.schemas import GenerateRequest
+from qa_common.errors import NotReady, ServiceError, ValidationFailed
+from qa_common.logging_setup import configure_logging
+from qa_common.request_context import get_request_id
+from qa_common.web import install_service_plumbing, parse_body
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorMetrics:
+    """Generation counters beside the HTTP ones, in the app's registry."""
+
+    def __init__(self, registry: Any) -> None:
+        self.tokens = Counter(
+            "generator_tokens_total",
+            "Tokens processed by the model.",
+            ["kind"],
+            registry=registry,
+        )
+        self.steps = Counter(
+            "generator_steps_total",
+            "Forward passes of the batching loop.",
+            ["kind"],
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "generator_batch_rows",
+            "Requests in one forward pass.",
+            ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "generator_queue_depth",
+            "Requests waiting to join the batch.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.active = Gauge(
+            "generator_active_requests",
+            "Requests in the running batch.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def on_step(self, kind: str, rows: int, tokens: int, waiting: int) -> None:
+        # Set here rather than read on scrape: with several workers only written values merge.
+        self.queue_depth.set(waiting)
+        self.active.set(rows if kind != "idle" else 0)
+        if kind == "idle":
+            return
+        self.steps.labels(kind).inc()
+        self.batch_rows.labels(kind).observe(rows)
+        self.tokens.labels("prompt" if kind == "prefill" else "completion").inc(tokens)
+
+
+def _sampling_params(config: GeneratorConfig, body: GenerateRequest) -> SamplingParams:
+    max_new = body.max_new_tokens or config.generator_max_new_tokens
+    if max_new > config.generator_max_new_tokens_cap:
+        raise ValidationFailed(
+            f"max_new_tokens may be at most {config.generator_max_new_tokens_cap}.",
+            details=[{"field": "max_new_tokens", "message": "above the configured cap"}],
+        )
+    do_sample = body.do_sample
+    if do_sample is None:
+        do_sample = config.generator_do_sample or body.temperature is not None
+        do_sample = do_sample or body.top_p is not None
+    return SamplingParams(
+        max_new_tokens=max_new,
+        min_new_tokens=min(config.generator_min_new_tokens, max_new),
+        do_sample=do_sample,
+        temperature=body.temperature or config.generator_temperature,
+        top_p=body.top_p or config.generator_top_p,
+        no_repeat_ngram_size=config.generator_no_repeat_ngram_size,
+        repetition_penalty=config.generator_repetition_penalty,
+        seed=body.seed,
+    )
+
+
+def _check_sizes(config: GeneratorConfig, body: GenerateRequest) -> None:
+    details = []
+    if len(body.question) > config.max_question_chars:
+        details.append({"field": "question", "message": "too long"})
+    details += [
+        {"field": f"snippets.{i}", "message": "too long"}
+        for i, s in enumerate(body.snippets)
+        if len(s) > config.max_snippet_chars
+    ]
+    if details:
+        raise ValidationFailed(
+            f"Questions are limited to {config.max_question_chars} characters and snippets to "
+            f"{config.max_snippet_chars}.",
+            details=details,
+        )
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def create_app(
+    config: GeneratorConfig | None = None,
+    *,
+    generator: Generator | None = None,
+) -> Flask:
+    """Build the generator app; the model loads here, once, never at import time."""
+    config = config or load_config()
+    configure_logging("generator", config.log_level, config.log_format)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["generator_config"] = config
+    http_metrics = install_service_plumbing(app, "generator", max_in_flight=config.max_in_flight)
+    metrics = GeneratorMetrics(http_metrics.registry)
+    template = get_template(config.generator_prompt_template)
+
+    load_error: str | None = None
+    builder: PromptBuilder | None = None
+    try:
+        if generator is None:
+            generator = build_generator(config)
+        builder = PromptBuilder(
+            template,
+            generator.counter,
+            context_tokens=generator.context_tokens,
+            eos_token=generator.eos_token,
+            max_snippets=config.generator_max_snippets,
+            max_history_turns=config.generator_max_history_turns,
+        )
+        log.info("generator ready to serve: %s", getattr(generator, "description", "?"))
+    except Exception as exc:  # a bad model name must not crash-loop the container
+        load_error = f"{type(exc).__name__}: {exc}"
+        generator = None
+        log.exception("could not load the generation model; /readyz will say why")
+    app.extensions["generator"] = generator
+    engine = getattr(generator, "engine", None)
+    if engine is not None:
+        engine.on_step = metrics.on_step
+
+    def ready_generator() -> tuple[Generator, PromptBuilder]:
+        if generator is None or builder is None:
+            raise ModelNotLoaded(f"The generation model is not loaded: {load_error}")
+        return generator, builder
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        try:
+            gen, _ = ready_generator()
+            checks = gen.check_ready()
+        except ServiceError as exc:
+            raise NotReady(f"Not ready: {exc.message}") from exc
+        except Exception as exc:
+            log.exception("readiness check failed")
+            raise NotReady(f"Not ready: {type(exc).__name__}: {exc}") from exc
+        return jsonify(
+            status="ready",
+            model=gen.model_name,
+            backend=config.generator_backend,
+            template=template.name,
+            context_tokens=gen.context_tokens,
+            **checks,
+        )
+
+    @app.post("/v1/generate")
+    def generate() -> Any:
+        started = time.perf_counter()
+        body = parse_body(GenerateRequest)
+        _check_sizes(config, body)
+        params = _sampling_params(config, body)
+        gen, prompt_builder = ready_generator()
+        prompt = prompt_builder.build(
+            body.question,
+            body.snippets,
+            [Turn(t.role, t.text) for t in body.history],
+            max_new_tokens=params.max_new_tokens,
+        )
+        timeout_s = min(body.timeout_s or config.generator_timeout_s, config.generator_timeout_s)
+        deadline = time.monotonic() + timeout_s
+        generation = gen.start(prompt, params, deadline)
+        fitted = {
+            "snippets_used": len(prompt.snippets),
+            "snippets_dropped": prompt.dropped_snippets,
+            "history_used": len(prompt.history),
+        }
+        if body.stream:
+            return _stream_response(generation, gen.model_name, started, fitted)
+        try:
+            result = generation.result()
+        except BaseException:
+            generation.cancel()
+            raise
+        return jsonify(
+            answer=result.text,
+            model=gen.model_name,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+            finish_reason=result.finish_reason,
+            **fitted,
+        )
+
+    return app
+
+
+def _stream_response(
+    generation: Generation, model_name: str, started: float, fitted: dict[str, Any]
+) -> Response:
+    """Answer as ``text/event-stream``: ``token`` events, then ``done`` (or ``error``)."""
+    pieces = generation.stream()
+    # Wait for the first piece here, so that a failure before any text (deadline, upstream
+    # down) is still an ordinary JSON error with its status rather than an event in a 200.
+    try:
+        first = list(itertools.islice(pieces, 1))
+    except BaseException:
+        generation.cancel()
+        raise
+    request_id = get_request_id()
+
+    def events() -> Iterator[str]:
+        try:
+            for piece in itertools.chain(first, pieces):
+                yield _sse("token", {"text": piece})
+            result = generation.final
+            assert result is not None
+            yield _sse(
+                "done",
+                {
+                    "answer": result.text,
+                    "model": model_name,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "finish_reason": result.finish_reason,
+                    **fitted,
+                },
+            )
+        except ServiceError as exc:
+            log.warning("stream ended with %s: %s", exc.code, exc.message)
+            yield _sse("error", exc.to_dict(request_id))
+        except Exception:
+            log.exception("stream failed")
+            yield _sse("error", ServiceError().to_dict(request_id))
+        finally:
+            # The client may have gone away mid-stream: free its row in the batch.
+            generation.cancel()
+
+    response = Response(stream_with_context(events()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response

@@ -1,0 +1,165 @@
+"""The prompt builder: template, question kept, budget respected, history order."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from generator_service.errors import PromptTooLong
+from generator_service.model import CharTokenCounter, HFTokenCounter, LoadedModel
+from generator_service.prompt import TEMPLATES, PromptBuilder, Turn, get_template
+
+EOS = "<|endoftext|>"
+
+
+class WordCounter:
+    """One token per whitespace-separated word, and one per EOS: easy to reason about."""
+
+    def count(self, text: str) -> int:
+        return len(text.replace(EOS, f" {EOS} ").split())
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        return " ".join(text.split()[:max_tokens])
+
+
+def words(prefix: str, n: int) -> str:
+    return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+def builder(context_tokens: int = 60, counter=None, template: str = "dialogpt-grounded", **kw):
+    return PromptBuilder(
+        get_template(template),
+        counter or WordCounter(),
+        context_tokens=context_tokens,
+        eos_token=EOS,
+        **kw,
+    )
+
+
+def test_default_template_joins_turns_with_eos_and_puts_snippets_before_the_answer() -> None:
+    prompt = builder().build(
+        "How much is Comfort+?",
+        ["Comfort+ costs $3.49.", "It has alerts."],
+        [Turn("user", "hi"), Turn("assistant", "hello")],
+        max_new_tokens=10,
+    )
+    assert prompt.text == (
+        f"hi{EOS}hello{EOS}How much is Comfort+?{EOS}Comfort+ costs $3.49. It has alerts.{EOS}"
+    )
+
+
+def test_context_first_template_and_no_snippets() -> None:
+    prompt = builder(template="dialogpt-context-first").build(
+        "Q?", ["S1."], [Turn("user", "u")], max_new_tokens=5
+    )
+    assert prompt.text == f"S1.{EOS}u{EOS}Q?{EOS}"
+    assert builder().build("Q?", [], max_new_tokens=5).text == f"Q?{EOS}"
+
+
+def test_instruct_template_for_completion_endpoints() -> None:
+    prompt = builder(template="instruct").build(
+        "Q?", ["S1.", "S2."], [Turn("user", "u"), Turn("assistant", "a")], max_new_tokens=5
+    )
+    assert prompt.text == (
+        "Answer the question using only this context.\n\nContext:\nS1.\nS2.\n\n"
+        "User: u\nAssistant: a\nQuestion: Q?\nAnswer:"
+    )
+
+
+def test_every_template_has_a_name_and_description() -> None:
+    for name, template in TEMPLATES.items():
+        assert template.name == name
+        assert template.description
+    with pytest.raises(ValueError, match="unknown prompt template"):
+        get_template("nope")
+
+
+def test_least_relevant_snippets_are_dropped_first_and_question_kept() -> None:
+    question = words("q", 10)
+    snippets = [words("a", 25), words("b", 25), words("c", 25)]
+    prompt = builder(context_tokens=80).build(question, snippets, max_new_tokens=20)
+    assert question in prompt.text
+    assert prompt.snippets[0] == snippets[0]
+    assert prompt.snippets[1].startswith("b0")
+    assert "c0" not in prompt.text
+    assert prompt.dropped_snippets == 1
+    assert prompt.token_count <= 80 - 20
+
+
+def test_last_snippet_that_does_not_fit_is_shortened() -> None:
+    prompt = builder(context_tokens=60).build(
+        "q", [words("a", 20), words("b", 40)], max_new_tokens=10
+    )
+    assert prompt.snippets[0] == words("a", 20)
+    assert prompt.truncated_snippet
+    assert prompt.snippets[1].startswith("b0 b1")
+    assert prompt.token_count <= 50
+
+
+def test_oldest_history_goes_first_and_order_is_kept() -> None:
+    history = [Turn("user" if i % 2 == 0 else "assistant", words(f"t{i}x", 5)) for i in range(8)]
+    prompt = builder(context_tokens=50).build("question", ["snippet"], history, max_new_tokens=10)
+    kept = list(prompt.history)
+    assert kept == history[-len(kept) :]
+    assert 0 < len(kept) < len(history)
+    assert prompt.dropped_history == len(history) - len(kept)
+    positions = [prompt.text.index(t.text) for t in kept]
+    assert positions == sorted(positions)
+    assert prompt.text.index(kept[-1].text) < prompt.text.index("question")
+
+
+def test_max_history_turns_and_max_snippets_apply() -> None:
+    history = [Turn("user", f"h{i}") for i in range(6)]
+    prompt = builder(max_history_turns=2, max_snippets=1).build(
+        "q", ["s0", "s1"], history, max_new_tokens=5
+    )
+    assert [t.text for t in prompt.history] == ["h4", "h5"]
+    assert prompt.snippets == ("s0",)
+
+
+def test_question_is_never_cut() -> None:
+    long_question = words("q", 70)
+    with pytest.raises(PromptTooLong) as info:
+        builder(context_tokens=80).build(long_question, ["s"], max_new_tokens=20)
+    assert info.value.status == 422
+    # When it fits, it is whole even if every snippet must go.
+    prompt = builder(context_tokens=80).build(words("q", 55), [words("s", 30)], max_new_tokens=20)
+    assert words("q", 55) in prompt.text
+    assert prompt.snippets == ()
+
+
+def test_budget_holds_with_the_real_tokenizer(tiny_loaded: LoadedModel) -> None:
+    counter = HFTokenCounter(tiny_loaded.tokenizer)
+    rng = random.Random(7)  # noqa: S311 - test data, not secrets
+    vocabulary = "thermostat furnace Comfort+ plan costs per month schedule wifi reset é ü".split()
+    make = builder(context_tokens=tiny_loaded.context_tokens, counter=counter)
+    for _ in range(30):
+        max_new = rng.randint(1, 128)
+        snippets = [" ".join(rng.choices(vocabulary, k=rng.randint(1, 120))) for _ in range(4)]
+        history = [Turn("user", " ".join(rng.choices(vocabulary, k=rng.randint(1, 40))))] * 3
+        question = " ".join(rng.choices(vocabulary, k=rng.randint(1, 30))) + "?"
+        prompt = make.build(question, snippets, history, max_new_tokens=max_new)
+        assert question in prompt.text
+        assert prompt.token_count == len(counter.encode(prompt.text))
+        assert prompt.token_count + max_new <= tiny_loaded.context_tokens
+
+
+def test_char_counter_is_conservative() -> None:
+    counter = CharTokenCounter()
+    assert counter.count("abcdefg") == 3
+    assert counter.count(counter.truncate("x" * 100, 10)) <= 10
+
+
+def test_chat_messages_carry_the_same_parts() -> None:
+    prompt = builder().build(
+        "Q?", ["S1", "S2"], [Turn("user", "u"), Turn("assistant", "a")], max_new_tokens=5
+    )
+    messages = prompt.messages
+    assert messages[0]["role"] == "system"
+    assert "S1" in messages[0]["content"]
+    assert messages[1:] == [
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "Q?"},
+    ]

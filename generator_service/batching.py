@@ -18,6 +18,7 @@ DialoGPT needs against its loops, are set once per manager and run over its pack
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -25,6 +26,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,19 +199,42 @@ class BatchingEngine:
         self._mask: Any = None
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._loop: Future[None] | None = None
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self.steps = 0
 
     # ---- the request side -------------------------------------------------------------
-    def start(self) -> None:
-        """Start the batching thread."""
-        if self._thread is None:
+    def start(self, model_thread: ThreadPoolExecutor | None = None) -> None:
+        """Start the batching loop, on ``model_thread`` when given (the one that loaded the model).
+
+        Torch's OpenMP pool belongs to the thread that calls it: once one thread has run the
+        model, any other thread running it competes with that pool's workers, and decoding
+        (many small ops) ran about 1.5× slower here. So one thread does all of a model's work.
+        """
+        if self._thread is not None or self._loop is not None:
+            return
+        if model_thread is not None:
+            self._loop = model_thread.submit(self._run)
+        else:
             self._thread = threading.Thread(
                 target=self._run, name="generator-batching", daemon=True
             )
             self._thread.start()
 
     def is_alive(self) -> bool:
+        if self._loop is not None:
+            return not self._loop.done()
         return self._thread is not None and self._thread.is_alive()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run ``fn`` on the loop's thread between two steps and return its result."""
+        future: Future[Any] = Future()
+        with self._cond:
+            if self._stopping or not self.is_alive():
+                raise ModelNotLoaded("The generation loop is not running.")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future.result(timeout)
 
     @property
     def queue_depth(self) -> int:
@@ -244,6 +270,9 @@ class BatchingEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._loop is not None:
+            with contextlib.suppress(FutureTimeout):
+                self._loop.result(timeout)
 
     def _make_rng(self, params: SamplingParams) -> Any:
         if not params.do_sample or params.seed is None:
@@ -264,12 +293,24 @@ class BatchingEngine:
                     idle = not self._stopping and not self._waiting and not self._active
                     if idle and self.on_step:
                         self.on_step("idle", 0, 0, 0)
-                    while not self._stopping and not self._waiting and not self._active:
+                    while (
+                        not self._stopping
+                        and not self._waiting
+                        and not self._active
+                        and not self._calls
+                    ):
                         self._cond.wait()
                     if self._stopping:
                         break
+                    calls = list(self._calls)
+                    self._calls.clear()
                     newcomers = self._admit()
                     self._n_active = len(self._active) + len(newcomers)
+                for fn, future in calls:
+                    try:
+                        future.set_result(fn())
+                    except Exception as exc:
+                        future.set_exception(exc)
                 try:
                     if newcomers:
                         self._prefill(newcomers)
@@ -289,6 +330,9 @@ class BatchingEngine:
         with self._cond:
             for seq in [*self._active, *self._waiting]:
                 seq.handle._push("error", shutdown)
+            for _fn, future in self._calls:
+                future.set_exception(shutdown)
+            self._calls.clear()
             self._waiting.clear()
             self._active = []
 

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from generator_service.batching import (
@@ -79,6 +80,7 @@ class LocalGenerator:
         retry_after_s: int = 2,
         context_tokens: int | None = None,
         on_step: Any = None,
+        model_thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self.loaded = loaded
         self.model_name = loaded.name
@@ -96,7 +98,8 @@ class LocalGenerator:
             retry_after_s=retry_after_s,
             on_step=on_step,
         )
-        self.engine.start()
+        self.engine.start(model_thread)
+        self._model_thread = model_thread
 
     def _decode(self, token_ids: list[int]) -> str:
         return self.loaded.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -109,11 +112,16 @@ class LocalGenerator:
 
         if not self.engine.is_alive():
             raise ModelNotLoaded("The batching loop has stopped.")
+
+        def forward_is_finite() -> bool:
+            with torch.inference_mode():
+                ids = torch.tensor([[self.loaded.eos_token_id]], device=self.loaded.device)
+                logits = self.loaded.model(input_ids=ids, use_cache=False).logits
+                return bool(torch.isfinite(logits).all())
+
         started = time.perf_counter()
-        with torch.inference_mode():
-            ids = torch.tensor([[self.loaded.eos_token_id]], device=self.loaded.device)
-            logits = self.loaded.model(input_ids=ids, use_cache=False).logits
-        if not bool(torch.isfinite(logits).all()):
+        # On the loop's own thread: torch work from a request thread would slow the loop.
+        if not self.engine.call(forward_is_finite):
             raise ModelNotLoaded("The model produced non-finite logits.")
         return {
             "forward_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -123,6 +131,8 @@ class LocalGenerator:
 
     def close(self) -> None:
         self.engine.stop()
+        if self._model_thread is not None:
+            self._model_thread.shutdown(wait=False)
 
 
 class OpenAIGeneration:
@@ -292,25 +302,39 @@ class OpenAIGenerator:
         self.client.close()
 
 
+def _load_on_this_thread(torch_threads: int, name: str, **kwargs: Any) -> LoadedModel:
+    if torch_threads:
+        import torch
+
+        # OpenMP's thread count is per calling thread: set it where the model will run.
+        torch.set_num_threads(torch_threads)
+    return load_model(name, **kwargs)
+
+
 def build_generator(config: GeneratorConfig) -> Generator:
     """Build the configured backend; the local model loads here."""
     if config.generator_backend == "openai":
         return OpenAIGenerator(config)
-    if config.generator_torch_threads:
-        import torch
-
-        torch.set_num_threads(config.generator_torch_threads)
-    loaded = load_model(
-        config.generator_model,
-        revision=config.generator_revision,
-        dtype=config.generator_dtype,
-        device=config.generator_device,
-        safetensors_only=config.generator_safetensors_only,
-    )
+    # The model is loaded, and later run, by one thread only (see BatchingEngine.start).
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-model")
+    try:
+        loaded = model_thread.submit(
+            _load_on_this_thread,
+            config.generator_torch_threads,
+            config.generator_model,
+            revision=config.generator_revision,
+            dtype=config.generator_dtype,
+            device=config.generator_device,
+            safetensors_only=config.generator_safetensors_only,
+        ).result()
+    except BaseException:
+        model_thread.shutdown(wait=False)
+        raise
     return LocalGenerator(
         loaded,
         max_batch_size=config.generator_max_batch_size,
         max_queue=config.generator_max_queue,
         retry_after_s=config.generator_retry_after_s,
         context_tokens=config.generator_context_tokens,
+        model_thread=model_thread,
     )

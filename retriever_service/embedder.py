@@ -93,13 +93,19 @@ class SentenceTransformerEmbedder:
         log.info(
             "loading embedding model %s from %s (%s, %s)", model_name, source, device, self.dtype
         )
-        self._model = SentenceTransformer(
+        # Every forward pass runs on this one thread, and the model loads on it too. Torch's
+        # OpenMP pool belongs to the calling thread: gunicorn hands each request to another
+        # thread, and a pool left by another thread competes with the working one. Measured here
+        # (2 cores), a one-query encode took 11.4 ms from rotating threads, 7.4 ms from one.
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._model = self._inference.submit(
+            SentenceTransformer,
             source,
             device=device,
             revision=revision,
             trust_remote_code=False,
             model_kwargs={"dtype": getattr(torch, self.dtype)},
-        )
+        ).result()
         self.dimension = int(self._model.get_embedding_dimension())
         hf_tokenizer = self._model.tokenizer
         special = hf_tokenizer.num_special_tokens_to_add(pair=False)
@@ -109,10 +115,6 @@ class SentenceTransformerEmbedder:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.source = source
-        # Every forward pass runs on this one thread. Torch's OpenMP pool is per calling thread,
-        # and gunicorn hands each request to another thread: measured here (2 cores), a one-query
-        # encode took 11.4 ms from rotating threads and 7.4 ms from one thread (bf16: 6.0 / 3.8).
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -14,7 +14,12 @@ from generator_service.batching import (
     SamplingParams,
     banned_ngram_tokens,
 )
-from generator_service.errors import DeadlineExceeded, GenerationFailed, QueueFull
+from generator_service.errors import (
+    DeadlineExceeded,
+    GenerationFailed,
+    ModelNotLoaded,
+    QueueFull,
+)
 from generator_service.model import LoadedModel
 
 PROMPTS = [
@@ -253,3 +258,32 @@ def test_concurrent_submitters(tiny_loaded: LoadedModel, engine_factory) -> None
     assert len(results) == 10
     for prompt, result in results.values():
         assert result == expected[prompt]
+
+
+def test_calls_and_steps_run_on_the_model_thread(tiny_loaded: LoadedModel) -> None:
+    """The loop runs on the thread given to it, and ``call`` runs work there between steps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-model")
+    owner = model_thread.submit(threading.current_thread).result()
+    engine = BatchingEngine(
+        tiny_loaded.model,
+        eos_token_id=tiny_loaded.eos_token_id,
+        context_tokens=tiny_loaded.context_tokens,
+        decode=decode(tiny_loaded),
+    )
+    engine.start(model_thread)
+    try:
+        assert engine.is_alive()
+        assert engine.call(threading.current_thread) is owner
+        with pytest.raises(ZeroDivisionError):
+            engine.call(lambda: 1 / 0)
+        ids = tiny_loaded.tokenizer("hello there")["input_ids"]
+        handle = engine.submit(ids, SamplingParams(max_new_tokens=4), time.monotonic() + 60)
+        assert handle.result().completion_tokens >= 1
+    finally:
+        engine.stop()
+        model_thread.shutdown(wait=True)
+    assert not engine.is_alive()
+    with pytest.raises(ModelNotLoaded):
+        engine.call(threading.current_thread)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import Flask, Response, jsonify, request, send_from_directory, stream_with_context
+from flask import Flask, jsonify, request, send_from_directory
 
 from gateway.answering import Answerer, Turn
 from gateway.clients import GeneratorClient, RetrieverClient
@@ -26,9 +25,8 @@ from gateway.schemas import (
     Health,
 )
 from qa_common.errors import Forbidden, NotReady, ServiceError, Unauthorized
-from qa_common.logging_setup import configure_logging
 from qa_common.request_context import get_request_id, set_request_id
-from qa_common.web import install_service_plumbing, parse_body
+from qa_common.web import create_service_app, parse_body, sse_event, sse_response
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +109,6 @@ def _check_key(allowed: list[str]) -> None:
         raise Forbidden("This key is not allowed here.")
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 def create_app(
     config: GatewayConfig | None = None,
     *,
@@ -123,11 +117,7 @@ def create_app(
 ) -> Flask:
     """Build the gateway app; it holds one pooled client per downstream service."""
     config = config or load_config()
-    configure_logging("gateway", config.log_level, config.log_format)
-    app = Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.json.sort_keys = False
-    install_service_plumbing(app, "gateway", max_in_flight=config.max_in_flight)
+    app, _ = create_service_app(__name__, "gateway", config, static_folder=None)
     retriever = retriever or RetrieverClient(config)
     generator = generator or GeneratorClient(config)
     answerer = Answerer(retriever, generator, config)
@@ -140,10 +130,6 @@ def create_app(
         if admin_key is None:
             raise AdminRoutesDisabled()
         _check_key([admin_key])
-
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify(status="ok")
 
     @app.get("/readyz")
     def readyz() -> Any:
@@ -179,17 +165,14 @@ def create_app(
             set_request_id(request_id)
             try:
                 for event, data in events:
-                    yield _sse(event, data)
+                    yield sse_event(event, data)
             except ServiceError as exc:
-                yield _sse("error", exc.to_dict(request_id))
+                yield sse_event("error", exc.to_dict(request_id))
             except Exception:
                 log.exception("answer stream failed")
-                yield _sse("error", ServiceError().to_dict(request_id))
+                yield sse_event("error", ServiceError().to_dict(request_id))
 
-        response = Response(stream_with_context(stream()), mimetype="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        return response
+        return sse_response(stream())
 
     @app.post("/v1/documents")
     def add_documents() -> Any:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, Response, jsonify, stream_with_context
+from flask import Flask, Response, jsonify
 from prometheus_client import Counter, Gauge, Histogram
 
 from generator_service.batching import SamplingParams
@@ -18,10 +17,15 @@ from generator_service.errors import ModelNotLoaded
 from generator_service.generators import Generation, Generator, build_generator
 from generator_service.prompt import PromptBuilder, Turn, get_template
 from generator_service.schemas import GenerateRequest
-from qa_common.errors import NotReady, ServiceError, ValidationFailed
-from qa_common.logging_setup import configure_logging
+from qa_common.errors import ServiceError, ValidationFailed
 from qa_common.request_context import get_request_id
-from qa_common.web import install_service_plumbing, parse_body
+from qa_common.web import (
+    check_readiness,
+    create_service_app,
+    parse_body,
+    sse_event,
+    sse_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +117,6 @@ def _check_sizes(config: GeneratorConfig, body: GenerateRequest) -> None:
         )
 
 
-def _sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 def create_app(
     config: GeneratorConfig | None = None,
     *,
@@ -124,12 +124,8 @@ def create_app(
 ) -> Flask:
     """Build the generator app; the model loads here, once, never at import time."""
     config = config or load_config()
-    configure_logging("generator", config.log_level, config.log_format)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.json.sort_keys = False
+    app, http_metrics = create_service_app(__name__, "generator", config)
     app.extensions["generator_config"] = config
-    http_metrics = install_service_plumbing(app, "generator", max_in_flight=config.max_in_flight)
     metrics = GeneratorMetrics(http_metrics.registry)
     template = get_template(config.generator_prompt_template)
 
@@ -161,20 +157,10 @@ def create_app(
             raise ModelNotLoaded(f"The generation model is not loaded: {load_error}")
         return generator, builder
 
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify(status="ok")
-
     @app.get("/readyz")
     def readyz() -> Any:
-        try:
-            gen, _ = ready_generator()
-            checks = gen.check_ready()
-        except ServiceError as exc:
-            raise NotReady(f"Not ready: {exc.message}") from exc
-        except Exception as exc:
-            log.exception("readiness check failed")
-            raise NotReady(f"Not ready: {type(exc).__name__}: {exc}") from exc
+        gen, _ = check_readiness(ready_generator)
+        checks = check_readiness(gen.check_ready)
         return jsonify(
             status="ready",
             model=gen.model_name,
@@ -242,10 +228,10 @@ def _stream_response(
     def events() -> Iterator[str]:
         try:
             for piece in itertools.chain(first, pieces):
-                yield _sse("token", {"text": piece})
+                yield sse_event("token", {"text": piece})
             result = generation.final
             assert result is not None
-            yield _sse(
+            yield sse_event(
                 "done",
                 {
                     "answer": result.text,
@@ -259,15 +245,12 @@ def _stream_response(
             )
         except ServiceError as exc:
             log.warning("stream ended with %s: %s", exc.code, exc.message)
-            yield _sse("error", exc.to_dict(request_id))
+            yield sse_event("error", exc.to_dict(request_id))
         except Exception:
             log.exception("stream failed")
-            yield _sse("error", ServiceError().to_dict(request_id))
+            yield sse_event("error", ServiceError().to_dict(request_id))
         finally:
             # The client may have gone away mid-stream: free its row in the batch.
             generation.cancel()
 
-    response = Response(stream_with_context(events()), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    return sse_response(events())

@@ -3,14 +3,15 @@ shedding, access logs and Prometheus metrics."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, stream_with_context
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,14 +24,17 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from qa_common.config import ServiceSettings
 from qa_common.errors import (
     BadRequest,
+    NotReady,
     Overloaded,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
     ValidationFailed,
 )
+from qa_common.logging_setup import configure_logging
 from qa_common.request_context import (
     REQUEST_ID_HEADER,
     accept_request_id,
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 # Probes and scrapes must answer even when the service sheds load.
 UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics_endpoint", "static"})
@@ -229,3 +234,44 @@ def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) ->
         return Response(http_metrics.render(), mimetype=CONTENT_TYPE_LATEST)
 
     return http_metrics
+
+
+def create_service_app(
+    import_name: str, service: str, settings: ServiceSettings, **flask_options: Any
+) -> tuple[Flask, HttpMetrics]:
+    """Build a service's Flask app with logging, limits, plumbing and ``/healthz`` in place."""
+    configure_logging(service, settings.log_level, settings.log_format)
+    app = Flask(import_name, **flask_options)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    http_metrics = install_service_plumbing(app, service, max_in_flight=settings.max_in_flight)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    return app, http_metrics
+
+
+def check_readiness(check: Callable[[], T]) -> T:
+    """Run a readiness check; any failure is a 503 ``not_ready`` that says why."""
+    try:
+        return check()
+    except ServiceError as exc:
+        raise NotReady(f"Not ready: {exc.message}") from exc
+    except Exception as exc:
+        log.exception("readiness check failed")
+        raise NotReady(f"Not ready: {type(exc).__name__}: {exc}") from exc
+
+
+def sse_event(event: str, data: Any) -> str:
+    """Render one server-sent event with JSON data."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def sse_response(events: Iterator[str]) -> Response:
+    """Stream rendered events as ``text/event-stream``, unbuffered by proxies."""
+    response = Response(stream_with_context(events), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response

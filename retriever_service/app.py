@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 from flask import Flask, jsonify
 
-from qa_common.errors import NotReady, ServiceError, ValidationFailed
-from qa_common.logging_setup import configure_logging
-from qa_common.web import install_service_plumbing, parse_body, parse_query, validate
+from qa_common.errors import NotReady, ValidationFailed
+from qa_common.web import (
+    check_readiness,
+    create_service_app,
+    parse_body,
+    parse_query,
+    validate,
+)
 from retriever_service.chunking import Chunker
 from retriever_service.config import RetrieverConfig, load_config
 from retriever_service.embedder import Embedder, load_embedder
@@ -64,12 +69,8 @@ def create_app(
 ) -> Flask:
     """Build the retriever app; the model loads here, once, never at import time."""
     config = config or load_config()
-    configure_logging("retriever", config.log_level, config.log_format)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.json.sort_keys = False
+    app, _ = create_service_app(__name__, "retriever", config)
     app.extensions["retriever_config"] = config
-    install_service_plumbing(app, "retriever", max_in_flight=config.max_in_flight)
 
     kb: KnowledgeBase | None = None
     load_error: str | None = None
@@ -86,19 +87,9 @@ def create_app(
             raise NotReady(f"The embedding model is not loaded: {load_error}")
         return kb
 
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify(status="ok")
-
     @app.get("/readyz")
     def readyz() -> Any:
-        try:
-            timings = knowledge_base().check_ready()
-        except ServiceError as exc:
-            raise NotReady(f"Not ready: {exc.message}") from exc
-        except Exception as exc:
-            log.exception("readiness check failed")
-            raise NotReady(f"Not ready: {type(exc).__name__}: {exc}") from exc
+        timings = check_readiness(lambda: knowledge_base().check_ready())
         return jsonify(
             status="ready", model=kb.embedder.model_name, store=kb.store.description, **timings
         )

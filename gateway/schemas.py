@@ -6,35 +6,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from qa_common.validation import CollectionName, MetadataValue, StrictModel, not_blank
+
 MAX_QUESTION_CHARS = 2000
 
-CollectionName = Annotated[
-    str,
-    StringConstraints(
-        min_length=3, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]$"
-    ),
-]
-MetadataValue = Annotated[bool | int | float | str, Field(union_mode="left_to_right")]
 
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain non-whitespace text")
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class HistoryTurn(_Strict):
+class HistoryTurn(StrictModel):
     """One earlier turn of the conversation."""
 
     role: Literal["user", "assistant"]
     text: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
 
 
-class AskRequest(_Strict):
+class AskRequest(StrictModel):
     """A question, with optional conversation history."""
 
     question: Annotated[
@@ -47,7 +31,7 @@ class AskRequest(_Strict):
     stream: bool = Field(False, description="Answer as text/event-stream.")
     collection: CollectionName | None = None
 
-    _blank = field_validator("question")(_not_blank)
+    _blank = field_validator("question")(not_blank)
 
 
 class SourceOut(BaseModel):
@@ -85,13 +69,13 @@ class AskResponse(BaseModel):
     request_id: str | None
 
 
-class DocumentIn(_Strict):
+class DocumentIn(StrictModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     text: Annotated[str, StringConstraints(min_length=1)]
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
 
 
-class DocumentsRequest(_Strict):
+class DocumentsRequest(StrictModel):
     """Documents to add or replace (forwarded to the retriever)."""
 
     documents: Annotated[list[DocumentIn], Field(min_length=1)]

@@ -5,21 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
 )
 
 from generator_service.config import MAX_NEW_TOKENS_CAP
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain non-whitespace text")
-    return value
+from qa_common.validation import StrictModel, not_blank
 
 
 def _number_not_bool(value: object) -> object:
@@ -33,16 +26,12 @@ def _number_not_bool(value: object) -> object:
 Number = Annotated[float, BeforeValidator(_number_not_bool), Field(strict=False)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class HistoryTurn(_Strict):
+class HistoryTurn(StrictModel):
     role: Literal["user", "assistant"]
     text: Annotated[str, StringConstraints(max_length=20_000)]
 
 
-class GenerateRequest(_Strict):
+class GenerateRequest(StrictModel):
     question: Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
     snippets: Annotated[list[str], Field(max_length=100)]
     history: Annotated[list[HistoryTurn], Field(max_length=100)] = Field(default_factory=list)
@@ -55,4 +44,4 @@ class GenerateRequest(_Strict):
     # A caller with its own deadline (the gateway) may shorten the service's.
     timeout_s: Annotated[Number, Field(gt=0.0, le=3600.0)] | None = None
 
-    _blank_question = field_validator("question")(_not_blank)
+    _blank_question = field_validator("question")(not_blank)

@@ -4,39 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
-MetadataValue = Annotated[bool | int | float | str, Field(union_mode="left_to_right")]
-# Chroma's own rule for collection names.
-CollectionName = Annotated[
-    str,
-    StringConstraints(
-        min_length=3, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]$"
-    ),
-]
+from qa_common.validation import CollectionName, MetadataValue, StrictModel, not_blank
+
 DocumentId = Annotated[
     str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain non-whitespace text")
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class DocumentIn(_Strict):
+class DocumentIn(StrictModel):
     id: DocumentId | None = None
     text: Annotated[str, StringConstraints(min_length=1)]
     metadata: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=256)], MetadataValue
     ] = Field(default_factory=dict)
 
-    _blank_text = field_validator("text")(_not_blank)
+    _blank_text = field_validator("text")(not_blank)
 
     @field_validator("metadata")
     @classmethod
@@ -47,19 +31,19 @@ class DocumentIn(_Strict):
         return value
 
 
-class IngestRequest(_Strict):
+class IngestRequest(StrictModel):
     documents: Annotated[list[DocumentIn], Field(min_length=1)]
     collection: CollectionName | None = None
 
 
-class SearchRequest(_Strict):
+class SearchRequest(StrictModel):
     query: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
     top_k: Annotated[int, Field(ge=1, le=50)] = 5
     min_score: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
     where: dict[str, Any] | None = None
     collection: CollectionName | None = None
 
-    _blank_query = field_validator("query")(_not_blank)
+    _blank_query = field_validator("query")(not_blank)
 
     @field_validator("where")
     @classmethod
@@ -72,11 +56,11 @@ class SearchRequest(_Strict):
         return value
 
 
-class EmbedRequest(_Strict):
+class EmbedRequest(StrictModel):
     texts: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
 
 
-class CollectionQuery(_Strict):
+class CollectionQuery(StrictModel):
     model_config = ConfigDict(extra="ignore", strict=False)
 
     collection: CollectionName | None = None

@@ -5,6 +5,8 @@ The gateway holds no model: it waits on HTTP calls, so threads are cheap and ple
 
 import os
 
+from qa_common import gunicorn_support
+
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
@@ -18,16 +20,6 @@ accesslog = None  # the app writes its own access line, with the request id
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
-if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # Each worker counts in its own files; /metrics merges them (see qa_common.web).
-    import tempfile
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
-
-
-def child_exit(_server, worker):
-    """Drop a dead worker's live gauges from the merged metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)
+gunicorn_support.share_metrics_between_workers("gateway", workers)
+# Gunicorn finds its server hooks by name in this module.
+child_exit = gunicorn_support.child_exit

@@ -8,6 +8,8 @@ wait. On a small CPU one worker is right: a second copy of the model competes fo
 
 import os
 
+from qa_common import gunicorn_support
+
 bind = os.environ.get("GENERATOR_BIND", "127.0.0.1:8002")  # 0.0.0.0:8002 in a container
 workers = int(os.environ.get("GENERATOR_WORKERS", "1"))
 worker_class = "gthread"
@@ -25,11 +27,9 @@ accesslog = None  # the app writes its own access log line with the request id
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
-if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # Each worker counts in its own files; /metrics merges them (see qa_common.web).
-    import tempfile
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="generator-metrics-")
+gunicorn_support.share_metrics_between_workers("generator", workers)
+# Gunicorn finds its server hooks by name in this module.
+child_exit = gunicorn_support.child_exit
 
 
 def worker_exit(_server, worker):
@@ -38,11 +38,3 @@ def worker_exit(_server, worker):
     generator = getattr(app, "extensions", {}).get("generator") if app is not None else None
     if generator is not None:
         generator.close()
-
-
-def child_exit(_server, worker):
-    """Drop a dead worker's live gauges from the merged metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)

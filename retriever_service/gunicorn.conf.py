@@ -6,6 +6,8 @@ worker whose threads share one model; with a Chroma server, RETRIEVER_WORKERS pr
 
 import os
 
+from qa_common import gunicorn_support
+
 bind = os.environ.get("RETRIEVER_BIND", "127.0.0.1:8001")
 worker_class = "gthread"
 threads = int(os.environ.get("RETRIEVER_THREADS", "8"))
@@ -21,16 +23,6 @@ accesslog = None  # the app writes its own access line, with the request id
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
-if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # Each worker counts in its own files; /metrics merges them (see qa_common.web).
-    import tempfile
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="retriever-metrics-")
-
-
-def child_exit(_server, worker):
-    """Drop a dead worker's live gauges from the merged metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)
+gunicorn_support.share_metrics_between_workers("retriever", workers)
+# Gunicorn finds its server hooks by name in this module.
+child_exit = gunicorn_support.child_exit

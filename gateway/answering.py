@@ -150,6 +150,18 @@ class _Clock:
         return self.timings
 
 
+@dataclass(frozen=True)
+class _Retrieval:
+    """What answering a question starts from: the sources and how relevant they are."""
+
+    clock: _Clock
+    started: float
+    history: list[Turn]
+    sources: list[Source]
+    score: float
+    query: str
+
+
 class Answerer:
     """The /v1/ask pipeline over a retriever and a generator client."""
 
@@ -214,6 +226,28 @@ class Answerer:
             "history": [{"role": t.role, "text": t.text} for t in history],
         }
 
+    def _begin(
+        self, question: str, history: Sequence[Turn], top_k: int | None, collection: str | None
+    ) -> _Retrieval:
+        clock = _Clock()
+        started = time.perf_counter()
+        history = list(history)[-self.config.max_history_turns :] if history else []
+        sources, score, query = self.retrieve(
+            question, history, top_k or self.config.default_top_k, collection
+        )
+        return _Retrieval(clock, clock.lap("retrieve", started), history, sources, score, query)
+
+    def _no_answer(self, found: _Retrieval) -> Answer | None:
+        if found.score >= self.config.no_answer_min_relevance:
+            return None
+        return Answer(
+            NO_ANSWER_TEXT,
+            "no_answer",
+            found.sources,
+            timings_ms=found.clock.total(),
+            relevance=found.score,
+        )
+
     def answer(
         self,
         question: str,
@@ -223,17 +257,12 @@ class Answerer:
         collection: str | None = None,
     ) -> Answer:
         """Answer a question in one piece."""
-        clock = _Clock()
-        started = time.perf_counter()
-        history = list(history)[-self.config.max_history_turns :] if history else []
-        sources, score, query = self.retrieve(
-            question, history, top_k or self.config.default_top_k, collection
-        )
-        started = clock.lap("retrieve", started)
-        if score < self.config.no_answer_min_relevance:
-            return Answer(
-                NO_ANSWER_TEXT, "no_answer", sources, timings_ms=clock.total(), relevance=score
-            )
+        found = self._begin(question, history, top_k, collection)
+        clock, started, history = found.clock, found.started, found.history
+        sources, score, query = found.sources, found.score, found.query
+        refusal = self._no_answer(found)
+        if refusal is not None:
+            return refusal
         degraded: list[str] = []
         generated: str | None = None
         try:
@@ -256,21 +285,15 @@ class Answerer:
         collection: str | None = None,
     ) -> tuple[list[Source], Iterator[tuple[str, dict[str, Any]]]]:
         """Retrieve now (so its errors are ordinary responses), then stream the answer."""
-        clock = _Clock()
-        started = time.perf_counter()
-        history = list(history)[-self.config.max_history_turns :] if history else []
-        sources, score, query = self.retrieve(
-            question, history, top_k or self.config.default_top_k, collection
-        )
-        started = clock.lap("retrieve", started)
+        found = self._begin(question, history, top_k, collection)
+        clock, started, history = found.clock, found.started, found.history
+        sources, score, query = found.sources, found.score, found.query
 
         def events() -> Iterator[tuple[str, dict[str, Any]]]:
             yield "sources", {"sources": [s.to_dict() for s in sources]}
-            if score < self.config.no_answer_min_relevance:
-                answer = Answer(
-                    NO_ANSWER_TEXT, "no_answer", sources, timings_ms=clock.total(), relevance=score
-                )
-                yield "done", _final(answer)
+            refusal = self._no_answer(found)
+            if refusal is not None:
+                yield "done", _final(refusal)
                 return
             degraded: list[str] = []
             pieces: list[str] = []

@@ -15,6 +15,15 @@ from qa_common.errors import BadGateway, DependencyTimeout, ServiceError
 from qa_common.http_client import ServiceClient
 
 
+def _replica_options(config: GatewayConfig) -> dict[str, Any]:
+    """Retry and replica settings both downstream clients share."""
+    return {
+        "connect_retries": config.connect_retries,
+        "replica_cooldown_s": config.replica_cooldown_s,
+        "dns_refresh_s": config.dns_refresh_s,
+    }
+
+
 class RetrieverClient(ServiceClient):
     """Calls the retriever: search, embed, document administration."""
 
@@ -24,9 +33,7 @@ class RetrieverClient(ServiceClient):
             config.retriever_urls,
             connect_timeout_s=config.retriever_connect_timeout_s,
             read_timeout_s=config.retriever_read_timeout_s,
-            connect_retries=config.connect_retries,
-            replica_cooldown_s=config.replica_cooldown_s,
-            dns_refresh_s=config.dns_refresh_s,
+            **_replica_options(config),
         )
 
     def search(self, query: str, top_k: int, collection: str | None = None) -> list[dict[str, Any]]:
@@ -59,9 +66,7 @@ class GeneratorClient(ServiceClient):
             config.generator_urls,
             connect_timeout_s=config.generator_connect_timeout_s,
             read_timeout_s=config.generator_read_timeout_s,
-            connect_retries=config.connect_retries,
-            replica_cooldown_s=config.replica_cooldown_s,
-            dns_refresh_s=config.dns_refresh_s,
+            **_replica_options(config),
         )
 
     def generate(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -331,9 +331,11 @@ class Answerer:
         started: float,
     ) -> Answer:
         context = sources[: self.config.context_snippets]
+        # Grounding and extraction look at the same snippet sentences: embed each once.
+        embed = _EmbeddingMemo(self.retriever)
         grounding: dict[str, float] | None = None
         if generated is not None and generated.strip():
-            grounding, grounding_degraded = self.grounding(generated, context)
+            grounding, grounding_degraded = self.grounding(generated, context, embed)
             degraded += grounding_degraded
             started = clock.lap("ground", started)
             if grounding["supported"]:
@@ -341,7 +343,7 @@ class Answerer:
                     generated.strip(), "generated", sources, degraded, clock.total(), grounding
                 )
         # A follow-up's sentence is picked with the question it continues ("… and the cost?").
-        text, extract_degraded = self.extract(query, context)
+        text, extract_degraded = self.extract(query, context, embed)
         degraded += extract_degraded
         clock.lap("extract", started)
         return Answer(text, "extractive", sources, degraded, clock.total(), grounding)
@@ -349,7 +351,7 @@ class Answerer:
     # -- grounding and extraction -------------------------------------------------------------
 
     def grounding(
-        self, generated: str, sources: Sequence[Source]
+        self, generated: str, sources: Sequence[Source], embed: _EmbeddingMemo | None = None
     ) -> tuple[dict[str, float], list[str]]:
         """Measure how well the snippets support a generated answer."""
         answer_words = content_words(generated)
@@ -361,7 +363,7 @@ class Answerer:
         sentences = [s for src in sources for s in split_sentences(src.text)]
         sentences = sentences[:_MAX_CANDIDATE_SENTENCES]
         try:
-            vectors = np.asarray(self.retriever.embed([generated, *sentences]), dtype=np.float32)
+            vectors = (embed or _EmbeddingMemo(self.retriever))([generated, *sentences])
         except ServiceError as exc:
             # Without embeddings, trust only a near-verbatim answer.
             log.warning("embedding for the grounding check failed: %s", exc.message)
@@ -372,7 +374,9 @@ class Answerer:
         result["supported"] = float(similarity >= self.config.grounding_min_similarity)
         return result, []
 
-    def extract(self, question: str, sources: Sequence[Source]) -> tuple[str, list[str]]:
+    def extract(
+        self, question: str, sources: Sequence[Source], embed: _EmbeddingMemo | None = None
+    ) -> tuple[str, list[str]]:
         """Pick the snippet sentence(s) that best answer the question."""
         candidates: list[tuple[int, int, str]] = []  # (source index, sentence index, text)
         for si, source in enumerate(sources):
@@ -388,8 +392,8 @@ class Answerer:
         )
         degraded: list[str] = []
         try:
-            vectors = np.asarray(
-                self.retriever.embed([question, *(c[2] for c in answerable)]), dtype=np.float32
+            vectors = (embed or _EmbeddingMemo(self.retriever))(
+                [question, *(c[2] for c in answerable)]
             )
             semantic = vectors[1:] @ vectors[0]
         except ServiceError as exc:
@@ -406,6 +410,21 @@ class Answerer:
             if following and len(chosen[0][2].split()) < _FOLLOWING_SENTENCE_MAX_WORDS:
                 chosen.append(following[0])
         return " ".join(c[2] for c in chosen), degraded
+
+
+class _EmbeddingMemo:
+    """Embed texts through the retriever, asking only for those not embedded yet."""
+
+    def __init__(self, retriever: RetrieverClient) -> None:
+        self._retriever = retriever
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, self._retriever.embed(missing), strict=True):
+                self._vectors[text] = np.asarray(vector, dtype=np.float32)
+        return np.stack([self._vectors[t] for t in texts])
 
 
 def _is_statement(sentence: str) -> bool:

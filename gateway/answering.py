@@ -113,7 +113,8 @@ def relevance(question: str, sources: Sequence[Source], lexical_weight: float) -
         return -1.0
     words = content_words(question)
     shared = max(overlap(words, content_words(s.text)) for s in sources[:_RELEVANCE_SNIPPETS])
-    return sources[0].score + lexical_weight * shared
+    # Hybrid search does not order by cosine: take the best cosine, wherever it ranks.
+    return max(s.score for s in sources) + lexical_weight * shared
 
 
 def contextual_question(question: str, history: Sequence[Turn]) -> str:

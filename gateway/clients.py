@@ -35,9 +35,11 @@ class RetrieverClient(ServiceClient):
             read_timeout_s=config.retriever_read_timeout_s,
             **_replica_options(config),
         )
+        self.search_mode = config.search_mode
 
     def search(self, query: str, top_k: int, collection: str | None = None) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {"query": query, "top_k": top_k}
+        # The mode is always named: the retriever's own default may differ between versions.
+        body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": self.search_mode}
         if collection:
             body["collection"] = collection
         return list(self.request_json("POST", "/v1/search", json=body)["results"])

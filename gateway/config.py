@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 
 from qa_common.config import ServiceSettings, load_settings
@@ -20,6 +22,7 @@ class GatewayConfig(ServiceSettings):
     replica_cooldown_s: float = Field(10.0, ge=0, le=3600)
     dns_refresh_s: float = Field(15.0, ge=0, le=3600)
 
+    search_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
     default_top_k: int = Field(5, ge=1, le=20)
     context_snippets: int = Field(3, ge=1, le=20)
     max_history_turns: int = Field(20, ge=0, le=200)

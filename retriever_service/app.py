@@ -20,7 +20,9 @@ from qa_common.web import (
 from retriever_service.chunking import Chunker
 from retriever_service.config import RetrieverConfig, load_config
 from retriever_service.embedder import Embedder, load_embedder
-from retriever_service.knowledge_base import DocumentInput, KnowledgeBase
+from retriever_service.knowledge_base import DocumentInput, KnowledgeBase, SearchSettings
+from retriever_service.lexical import LexicalIndex
+from retriever_service.lexical_sync import LexicalSync
 from retriever_service.schemas import CollectionQuery, EmbedRequest, IngestRequest, SearchRequest
 from retriever_service.store import ChromaStore, CollectionSpec, VectorStore
 
@@ -58,7 +60,24 @@ def build_knowledge_base(
     chunker = Chunker(
         embedder.token_spans, max_tokens, min(config.chunk_overlap_tokens, max_tokens // 2)
     )
-    return KnowledgeBase(embedder, store, chunker, default_collection=config.default_collection)
+    lexical = LexicalSync(
+        store,
+        LexicalIndex(config.lexical_index_file),
+        reconcile_interval_s=config.lexical_reconcile_s,
+    )
+    return KnowledgeBase(
+        embedder,
+        store,
+        chunker,
+        default_collection=config.default_collection,
+        lexical=lexical,
+        search_settings=SearchSettings(
+            mode=config.search_mode,
+            fusion=config.hybrid_fusion,
+            dense_weight=config.hybrid_dense_weight,
+            candidates=config.hybrid_candidates,
+        ),
+    )
 
 
 def create_app(
@@ -148,6 +167,9 @@ def create_app(
             min_score=body.min_score,
             where=body.where,
             collection=body.collection,
+            mode=body.mode,
+            fusion=body.fusion,
+            dense_weight=body.dense_weight,
         )
         return jsonify(
             results=[
@@ -156,6 +178,8 @@ def create_app(
                     "document_id": h.document_id,
                     "text": h.text,
                     "score": h.score,
+                    "lexical_score": h.lexical_score,
+                    "fused_score": h.fused_score,
                     "metadata": h.metadata,
                     "position": h.position,
                     "start": h.start,
@@ -163,9 +187,27 @@ def create_app(
                 }
                 for h in result.hits
             ],
+            mode=result.mode,
+            fusion=result.fusion,
+            dense_weight=result.dense_weight,
+            query_terms=None
+            if result.query_terms is None
+            else [
+                {
+                    "term": t.term,
+                    "document_frequency": t.document_frequency,
+                    "idf": t.idf,
+                    "in_results": t.in_results,
+                    "result_ranks": t.result_ranks,
+                }
+                for t in result.query_terms
+            ],
+            collection_chunks=result.collection_chunks,
             took_ms=round((time.perf_counter() - started) * 1000, 2),
             embed_ms=round(result.embed_ms, 2),
             query_ms=round(result.query_ms, 2),
+            lexical_sync_ms=round(result.sync_ms, 2),
+            lexical_ms=round(result.lexical_ms, 2),
         )
 
     @app.post("/v1/embed")
@@ -195,9 +237,7 @@ def create_app(
     @app.delete("/v1/collections/<name>")
     def delete_collection(name: str) -> Any:
         collection = validate(CollectionQuery, {"collection": name}, "path").collection
-        kb_ = knowledge_base()
-        kb_.store.ensure_collection(collection, create=False)
-        kb_.store.delete_collection(collection)
+        knowledge_base().delete_collection(collection)
         return jsonify(deleted=collection)
 
     return app

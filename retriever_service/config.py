@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -31,6 +32,17 @@ class RetrieverConfig(ServiceSettings):
         None, ge=16, description="Chunk budget in model tokens; the model's limit when unset."
     )
 
+    search_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    hybrid_fusion: Literal["rrf", "weighted"] = "rrf"
+    hybrid_dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    hybrid_candidates: int = Field(50, ge=1, le=1000)
+    lexical_index_path: str | None = Field(
+        None,
+        description="SQLite file of the lexical index; default: beside embedded Chroma data, "
+        "in memory with a Chroma server.",
+    )
+    lexical_reconcile_s: float = Field(300.0, ge=1.0)
+
     max_embed_texts: int = Field(256, ge=1, le=10_000)
     max_documents_per_request: int = Field(1000, ge=1, le=100_000)
     max_text_chars: int = Field(2_000_000, ge=1000)
@@ -44,6 +56,15 @@ class RetrieverConfig(ServiceSettings):
     @property
     def uses_chroma_server(self) -> bool:
         return bool(self.chroma_host)
+
+    @property
+    def lexical_index_file(self) -> str | None:
+        """Where the lexical index lives: a file, or None for memory."""
+        if self.lexical_index_path:
+            return None if self.lexical_index_path == ":memory:" else self.lexical_index_path
+        if self.uses_chroma_server:
+            return None
+        return str(Path(self.chroma_path) / "lexical-index.sqlite3")
 
 
 def load_config(**overrides: object) -> RetrieverConfig:

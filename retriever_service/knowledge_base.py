@@ -18,21 +18,24 @@ from typing import Any, Literal
 import numpy as np
 
 from qa_common.errors import ValidationFailed
+from retriever_service.chunk_keys import (
+    CHUNK_COUNT,
+    CONTENT_HASH,
+    DOCUMENT_ID,
+    END,
+    POSITION,
+    RESERVED_PREFIX,
+    START,
+)
 from retriever_service.chunking import Chunker, chunk_id
 from retriever_service.embedder import Embedder
 from retriever_service.errors import DocumentNotFound
+from retriever_service.fusion import Fusion, fuse
+from retriever_service.lexical import query_terms
+from retriever_service.lexical_sync import LexicalSync, lexical_chunks
 from retriever_service.store import Metadata, StoredChunk, VectorStore
 
 log = logging.getLogger(__name__)
-
-# Keys the retriever keeps in each chunk's metadata; user metadata may not start with "_".
-DOCUMENT_ID = "_document_id"
-POSITION = "_position"
-CHUNK_COUNT = "_chunk_count"
-CONTENT_HASH = "_content_hash"
-START = "_start"
-END = "_end"
-RESERVED_PREFIX = "_"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,19 @@ class IngestOutcome:
     chunks: int
 
 
+SearchMode = Literal["dense", "lexical", "hybrid"]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How hybrid search fuses, and how many candidates each side brings."""
+
+    mode: SearchMode = "hybrid"
+    fusion: Fusion = "rrf"
+    dense_weight: float = 0.5
+    candidates: int = 50
+
+
 @dataclass(frozen=True)
 class SearchHit:
     chunk_id: str
@@ -61,6 +77,19 @@ class SearchHit:
     metadata: Metadata
     start: int | None
     end: int | None
+    lexical_score: float | None = None
+    fused_score: float | None = None
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """One query term: how many chunks of the collection hold it, its IDF, and which results do."""
+
+    term: str
+    document_frequency: int
+    idf: float
+    in_results: bool
+    result_ranks: list[int]
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,23 @@ class SearchResult:
     hits: list[SearchHit]
     embed_ms: float
     query_ms: float
+    mode: SearchMode = "dense"
+    fusion: Fusion | None = None
+    dense_weight: float | None = None
+    lexical_ms: float = 0.0
+    sync_ms: float = 0.0
+    query_terms: list[QueryTerm] | None = None
+    collection_chunks: int | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk considered for a search result, with its cosine similarity to the query."""
+
+    chunk_id: str
+    text: str
+    metadata: Metadata
+    cosine: float
 
 
 def default_document_id(text: str) -> str:
@@ -89,11 +135,15 @@ class KnowledgeBase:
         chunker: Chunker,
         *,
         default_collection: str,
+        lexical: LexicalSync,
+        search_settings: SearchSettings | None = None,
     ) -> None:
         self.embedder = embedder
         self.store = store
         self.chunker = chunker
         self.default_collection = default_collection
+        self.lexical = lexical
+        self.search_settings = search_settings or SearchSettings()
         # Writes in one process are serialized so that a document's check-then-replace is atomic.
         self._write_lock = threading.Lock()
 
@@ -143,10 +193,13 @@ class KnowledgeBase:
                 else:
                     to_write.append(i)
             if to_write:
-                written = self._write(name, documents, ids, hashes, to_write, existing)
+                written, chunks = self._write(name, documents, ids, hashes, to_write, existing)
                 for i in to_write:
                     status = "updated" if existing.get(ids[i]) else "created"
                     outcomes[i] = IngestOutcome(ids[i], status, written[i])
+                self.lexical.record_write(
+                    name, [ids[i] for i in to_write], chunks=lexical_chunks(chunks)
+                )
         return [o for o in outcomes if o is not None]
 
     def _existing_chunks(self, collection: str, ids: Sequence[str]) -> dict[str, list[StoredChunk]]:
@@ -176,7 +229,7 @@ class KnowledgeBase:
         hashes: Sequence[str],
         indexes: Sequence[int],
         existing: dict[str, list[StoredChunk]],
-    ) -> dict[int, int]:
+    ) -> tuple[dict[int, int], list[StoredChunk]]:
         new_chunks: list[StoredChunk] = []
         texts: list[str] = []
         chunk_counts: dict[int, int] = {}
@@ -226,7 +279,7 @@ class KnowledgeBase:
         except Exception:
             self._restore(collection, new_ids, previous)
             raise
-        return chunk_counts
+        return chunk_counts, new_chunks
 
     def _restore(self, collection: str, new_ids: set[str], previous: list[StoredChunk]) -> None:
         """Undo a failed write: drop what it added and put the previous chunks back."""
@@ -268,7 +321,15 @@ class KnowledgeBase:
             if not chunks:
                 raise DocumentNotFound(f"No document {document_id!r} in collection {name!r}.")
             self.store.delete(name, [c.id for c in chunks])
+            self.lexical.record_write(name, [document_id])
         return len(chunks)
+
+    def delete_collection(self, name: str) -> None:
+        """Drop a whole collection, for this retriever and every replica's lexical index."""
+        self.store.ensure_collection(name, create=False)
+        with self._write_lock:
+            self.store.delete_collection(name)
+            self.lexical.record_write(name, [], kind="drop_collection")
 
     # -- search -------------------------------------------------------------------------------
 
@@ -280,37 +341,145 @@ class KnowledgeBase:
         min_score: float | None = None,
         where: dict[str, Any] | None = None,
         collection: str | None = None,
+        mode: SearchMode | None = None,
+        fusion: Fusion | None = None,
+        dense_weight: float | None = None,
     ) -> SearchResult:
-        """Return the chunks nearest to the query, best first, scored by cosine similarity."""
+        """Return the best chunks for the query in the mode's own order; ``score`` is cosine."""
+        settings = self.search_settings
+        mode = mode or settings.mode
         name = self.collection(collection)
         # Fail on an unknown collection before paying for the embedding.
         self.store.ensure_collection(name, create=name == self.default_collection)
         started = time.perf_counter()
+        # Every mode embeds the query: each hit's score is its cosine similarity.
         vector = self.embedder.encode([query])[0]
         embedded = time.perf_counter()
-        rows = self.store.query(name, vector, top_k, where)
+        pool = top_k if mode == "dense" else max(top_k, settings.candidates)
+        candidates: dict[str, Candidate] = {}
+        if mode != "lexical":
+            for row in self.store.query(name, vector, pool, where):
+                candidates[row.id] = Candidate(row.id, row.text, row.metadata, 1.0 - row.distance)
         queried = time.perf_counter()
+        if mode == "dense":
+            ranked = sorted(candidates.values(), key=lambda c: -c.cosine)
+            hits = self._hits(ranked, top_k, min_score, lexical={}, fused={})
+            return SearchResult(
+                hits, embed_ms=(embedded - started) * 1000, query_ms=(queried - embedded) * 1000
+            )
+
+        self.lexical.ensure_fresh(name)
+        # Catching up may have learnt that another replica dropped the collection: 404 then.
+        self.store.ensure_collection(name, create=name == self.default_collection)
+        synced = time.perf_counter()
+        terms = query_terms(query)
+        index = self.lexical.index
+        # With a filter, Chroma drops lexical candidates that fail it: ask for more of them.
+        lexical_pool = pool * 4 if where else pool
+        lexical = dict(index.search(name, terms, lexical_pool))
+        self._confirm_lexical(name, lexical, candidates, vector, where)
+        lexical = {cid: s for cid, s in lexical.items() if cid in candidates}
+        if mode == "hybrid" and terms:
+            # Dense-only candidates may hold query terms too: score them, so fusion sees both sides.
+            unscored = [cid for cid in candidates if cid not in lexical]
+            lexical.update(index.search(name, terms, len(unscored), among=unscored))
+        fused: dict[str, float] = {}
+        fusion_used: Fusion | None = None
+        weight_used: float | None = None
+        if mode == "lexical":
+            ranked = sorted(
+                (candidates[cid] for cid in lexical), key=lambda c: -lexical[c.chunk_id]
+            )
+        else:
+            fusion_used = fusion or settings.fusion
+            weight_used = settings.dense_weight if dense_weight is None else dense_weight
+            fused = fuse(
+                {cid: c.cosine for cid, c in candidates.items()},
+                lexical,
+                method=fusion_used,
+                dense_weight=weight_used,
+            )
+            ranked = sorted(candidates.values(), key=lambda c: (-fused[c.chunk_id], -c.cosine))
+        hits = self._hits(ranked, top_k, min_score, lexical=lexical, fused=fused)
+        total, stats = index.term_stats(name, terms, [h.chunk_id for h in hits])
+        rank_of = {h.chunk_id: rank for rank, h in enumerate(hits, start=1)}
+        finished = time.perf_counter()
+        return SearchResult(
+            hits,
+            embed_ms=(embedded - started) * 1000,
+            query_ms=(queried - embedded) * 1000,
+            mode=mode,
+            fusion=fusion_used,
+            dense_weight=weight_used,
+            sync_ms=(synced - queried) * 1000,
+            lexical_ms=(finished - synced) * 1000,
+            query_terms=[
+                QueryTerm(
+                    term=stat.term,
+                    document_frequency=stat.document_frequency,
+                    idf=stat.idf,
+                    in_results=bool(stat.matching_chunk_ids),
+                    result_ranks=sorted(rank_of[c] for c in stat.matching_chunk_ids),
+                )
+                for stat in stats
+            ],
+            collection_chunks=total,
+        )
+
+    def _confirm_lexical(
+        self,
+        collection: str,
+        lexical: dict[str, float],
+        candidates: dict[str, Candidate],
+        vector: np.ndarray,
+        where: dict[str, Any] | None,
+    ) -> None:
+        """Add the lexical candidates the store still holds (and ``where`` keeps), with cosine.
+
+        The lexical index only proposes ids: text, metadata and vectors come from the store, so a
+        chunk deleted since the index last caught up is never returned.
+        """
+        wanted = [cid for cid in lexical if cid not in candidates]
+        for chunk in self.store.get_by_ids(collection, wanted, where=where, with_content=True):
+            cosine = float(np.dot(vector, chunk.embedding)) if chunk.embedding is not None else 0.0
+            candidates[chunk.id] = Candidate(chunk.id, chunk.text or "", chunk.metadata, cosine)
+
+    @staticmethod
+    def _hits(
+        ranked: Sequence[Candidate],
+        top_k: int,
+        min_score: float | None,
+        *,
+        lexical: dict[str, float],
+        fused: dict[str, float],
+    ) -> list[SearchHit]:
         hits = []
-        for row in rows:
-            score = 1.0 - row.distance
+        for candidate in ranked:
+            score = round(candidate.cosine, 6)
+            # Filter on the score as reported, so that a client's own cut-off reproduces.
             if min_score is not None and score < min_score:
                 continue
-            start, end = row.metadata.get(START), row.metadata.get(END)
+            metadata = candidate.metadata
+            start, end = metadata.get(START), metadata.get(END)
             hits.append(
                 SearchHit(
-                    chunk_id=row.id,
-                    document_id=str(row.metadata.get(DOCUMENT_ID, "")),
-                    position=int(row.metadata.get(POSITION, 0)),
-                    text=row.text,
-                    score=round(score, 6),
-                    metadata=_user_metadata(row.metadata),
+                    chunk_id=candidate.chunk_id,
+                    document_id=str(metadata.get(DOCUMENT_ID, "")),
+                    position=int(metadata.get(POSITION, 0)),
+                    text=candidate.text,
+                    score=score,
+                    metadata=_user_metadata(metadata),
                     start=int(start) if start is not None else None,
                     end=int(end) if end is not None else None,
+                    lexical_score=round(lexical.get(candidate.chunk_id, 0.0), 6)
+                    if lexical or fused
+                    else None,
+                    fused_score=round(fused[candidate.chunk_id], 6) if fused else None,
                 )
             )
-        return SearchResult(
-            hits, embed_ms=(embedded - started) * 1000, query_ms=(queried - embedded) * 1000
-        )
+            if len(hits) == top_k:
+                break
+        return hits
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed arbitrary texts with the retriever's model."""

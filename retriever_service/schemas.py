@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
@@ -42,6 +42,11 @@ class SearchRequest(StrictModel):
     min_score: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
     where: dict[str, Any] | None = None
     collection: CollectionName | None = None
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None, description="dense (embeddings), lexical (BM25) or hybrid (both, fused)"
+    )
+    fusion: Literal["rrf", "weighted"] | None = None
+    dense_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
     _blank_query = field_validator("query")(not_blank)
 

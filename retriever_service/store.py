@@ -65,8 +65,14 @@ class VectorStore(Protocol):
     def list_collections(self) -> list[str]: ...
     def ensure_collection(self, name: str, *, create: bool) -> None: ...
     def delete_collection(self, name: str) -> None: ...
+    def forget_collection(self, name: str) -> None: ...
     def get(
-        self, collection: str, *, where: dict[str, Any], with_content: bool = False
+        self,
+        collection: str,
+        *,
+        where: dict[str, Any],
+        with_content: bool = False,
+        with_text: bool = False,
     ) -> list[StoredChunk]: ...
     def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None: ...
     def delete(self, collection: str, ids: Sequence[str]) -> None: ...
@@ -74,6 +80,34 @@ class VectorStore(Protocol):
         self, collection: str, embedding: np.ndarray, top_k: int, where: dict[str, Any] | None
     ) -> list[ScoredChunk]: ...
     def count(self, collection: str) -> int: ...
+    def get_by_ids(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        *,
+        where: dict[str, Any] | None = None,
+        with_content: bool = False,
+        with_text: bool = False,
+    ) -> list[StoredChunk]: ...
+    def scan_metadata(self, collection: str) -> Iterator[list[StoredChunk]]: ...
+    def append_write_record(self, record_id: str, metadata: Metadata) -> None: ...
+    def write_record_count(self) -> int: ...
+    def read_write_records(
+        self, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[str, Metadata]]: ...
+
+
+# One Chroma collection shared by every retriever on a store: a record per acknowledged write, so
+# that each replica can tell cheaply (by its count) whether its lexical index is behind.
+WRITE_LOG_COLLECTION = "retriever-write-log"
+# Pages of ids and metadata read when scanning a whole collection.
+SCAN_PAGE = 5000
+
+
+def _include(with_content: bool, with_text: bool) -> list[str]:
+    if with_content:
+        return ["metadatas", "documents", "embeddings"]
+    return ["metadatas", "documents"] if with_text else ["metadatas"]
 
 
 class ChromaStore:
@@ -176,13 +210,20 @@ class ChromaStore:
     def list_collections(self) -> list[str]:
         client = self._get_client()
         with self._translate_errors():
-            return sorted(c.name for c in client.list_collections())
+            return sorted(
+                c.name for c in client.list_collections() if c.name != WRITE_LOG_COLLECTION
+            )
 
     def ensure_collection(self, name: str, *, create: bool) -> None:
         """Open (or create) a collection and check it was built with our embedding model."""
         self._collection(name, create=create)
 
     def _collection(self, name: str, *, create: bool = False) -> Any:
+        if name == WRITE_LOG_COLLECTION:
+            raise ValidationFailed(
+                f"Collection name {name!r} is reserved for the retriever's write log.",
+                details=[{"field": "collection", "message": "reserved name"}],
+            )
         cached = self._collections.get(name)
         if cached is not None:
             return cached
@@ -220,6 +261,10 @@ class ChromaStore:
                 f"Collection {name!r} uses {space!r} distance; scores need cosine."
             )
 
+    def forget_collection(self, name: str) -> None:
+        """Drop the cached handle: another replica deleted (and may recreate) the collection."""
+        self._collections.pop(name, None)
+
     def delete_collection(self, name: str) -> None:
         client = self._get_client()
         with self._translate_errors(name):
@@ -229,27 +274,18 @@ class ChromaStore:
     # -- chunks -------------------------------------------------------------------------------
 
     def get(
-        self, collection: str, *, where: dict[str, Any], with_content: bool = False
+        self,
+        collection: str,
+        *,
+        where: dict[str, Any],
+        with_content: bool = False,
+        with_text: bool = False,
     ) -> list[StoredChunk]:
         col = self._collection(collection)
-        include = ["metadatas", "documents", "embeddings"] if with_content else ["metadatas"]
+        include = _include(with_content, with_text)
         with self._translate_errors(collection):
             result = col.get(where=where, include=include)
-        ids = result["ids"]
-        metadatas = result.get("metadatas") or [{}] * len(ids)
-        texts = result.get("documents") if with_content else None
-        embeddings = result.get("embeddings") if with_content else None
-        return [
-            StoredChunk(
-                id=chunk_id,
-                text=texts[i] if texts is not None else None,
-                metadata=dict(metadatas[i] or {}),
-                embedding=np.asarray(embeddings[i], dtype=np.float32)
-                if embeddings is not None
-                else None,
-            )
-            for i, chunk_id in enumerate(ids)
-        ]
+        return self._chunks(result, include)
 
     def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None:
         if not chunks:
@@ -300,3 +336,91 @@ class ChromaStore:
         col = self._collection(collection)
         with self._translate_errors(collection):
             return int(col.count())
+
+    def get_by_ids(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        *,
+        where: dict[str, Any] | None = None,
+        with_content: bool = False,
+        with_text: bool = False,
+    ) -> list[StoredChunk]:
+        """Return the chunks with these ids that exist (and pass ``where``), in store order."""
+        if not ids:
+            return []
+        col = self._collection(collection)
+        include = _include(with_content, with_text)
+        with self._translate_errors(collection):
+            result = col.get(ids=list(ids), where=where or None, include=include)
+        return self._chunks(result, include)
+
+    def scan_metadata(self, collection: str) -> Iterator[list[StoredChunk]]:
+        """Yield every chunk's id and metadata, a page at a time."""
+        col = self._collection(collection)
+        offset = 0
+        while True:
+            with self._translate_errors(collection):
+                result = col.get(include=["metadatas"], limit=SCAN_PAGE, offset=offset)
+            page = self._chunks(result, ["metadatas"])
+            if page:
+                yield page
+            if len(page) < SCAN_PAGE:
+                return
+            offset += len(page)
+
+    @staticmethod
+    def _chunks(result: Any, include: list[str]) -> list[StoredChunk]:
+        ids = result["ids"]
+        metadatas = result.get("metadatas") or [{}] * len(ids)
+        texts = result.get("documents") if "documents" in include else None
+        embeddings = result.get("embeddings") if "embeddings" in include else None
+        return [
+            StoredChunk(
+                id=chunk_id,
+                text=texts[i] if texts is not None else None,
+                metadata=dict(metadatas[i] or {}),
+                embedding=np.asarray(embeddings[i], dtype=np.float32)
+                if embeddings is not None
+                else None,
+            )
+            for i, chunk_id in enumerate(ids)
+        ]
+
+    # -- write log ----------------------------------------------------------------------------
+
+    def _write_log(self) -> Any:
+        cached = self._collections.get(WRITE_LOG_COLLECTION)
+        if cached is not None:
+            return cached
+        client = self._get_client()
+        with self._translate_errors(WRITE_LOG_COLLECTION):
+            log_collection = client.get_or_create_collection(
+                WRITE_LOG_COLLECTION,
+                metadata={"purpose": "one record per acknowledged write, for lexical indexes"},
+                embedding_function=None,
+            )
+        self._collections[WRITE_LOG_COLLECTION] = log_collection
+        return log_collection
+
+    def append_write_record(self, record_id: str, metadata: Metadata) -> None:
+        """Add one write's record; records are never changed or removed, so the count only grows."""
+        log_collection = self._write_log()
+        with self._translate_errors(WRITE_LOG_COLLECTION):
+            # Chroma stores a vector for every record; one constant dimension costs nothing.
+            log_collection.add(ids=[record_id], embeddings=[[1.0]], metadatas=[metadata])
+
+    def write_record_count(self) -> int:
+        log_collection = self._write_log()
+        with self._translate_errors(WRITE_LOG_COLLECTION):
+            return int(log_collection.count())
+
+    def read_write_records(
+        self, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[str, Metadata]]:
+        """Return write records from ``offset`` on, in the order the store lists them."""
+        log_collection = self._write_log()
+        with self._translate_errors(WRITE_LOG_COLLECTION):
+            result = log_collection.get(include=["metadatas"], offset=offset, limit=limit)
+        metadatas = result.get("metadatas") or [{}] * len(result["ids"])
+        return [(i, dict(m or {})) for i, m in zip(result["ids"], metadatas, strict=True)]

@@ -136,6 +136,24 @@ def test_top_k_is_sent_to_the_retriever(
     assert [c.body["top_k"] for c in fake_retriever.calls_to("/v1/search")] == [2, 1]
 
 
+def test_the_search_mode_is_always_named(
+    make_gateway: Callable[..., Flask], fake_retriever: FakeRetriever
+) -> None:
+    check_answer(ask(make_gateway().test_client()))
+    check_answer(ask(make_gateway(search_mode="dense").test_client()))
+    assert [c.body["mode"] for c in fake_retriever.calls_to("/v1/search")] == ["hybrid", "dense"]
+
+
+def test_relevance_reads_the_best_cosine_wherever_it_ranks(
+    gateway: Any, fake_retriever: FakeRetriever
+) -> None:
+    # Hybrid search orders by its fused score: the best cosine may come second.
+    fake_retriever.scores = [0.2, 0.8, 0.1]
+    body = check_answer(ask(gateway))
+    assert body["mode"] != "no_answer"
+    assert body["relevance"] >= 0.8
+
+
 # -- the generator failing: degraded, not down ------------------------------------------------
 
 

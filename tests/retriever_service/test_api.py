@@ -205,8 +205,15 @@ def test_top_k_bounds_results(client: Any) -> None:
     assert len(search(client, "thermostat feature", top_k=1)["results"]) == 1
     assert len(search(client, "thermostat feature")["results"]) == 5
     assert len(search(client, "thermostat feature", top_k=50)["results"]) == 12
-    scores = [h["score"] for h in search(client, "thermostat feature", top_k=12)["results"]]
+    dense = search(client, "thermostat feature", top_k=12, mode="dense")["results"]
+    scores = [h["score"] for h in dense]
     assert scores == sorted(scores, reverse=True)
+    # Hybrid (the default) orders by its fused score; ``score`` stays cosine.
+    hybrid = search(client, "thermostat feature", top_k=12)["results"]
+    fused = [h["fused_score"] for h in hybrid]
+    assert fused == sorted(fused, reverse=True)
+    cosine = {h["chunk_id"]: h["score"] for h in dense}
+    assert {h["chunk_id"]: h["score"] for h in hybrid} == cosine
 
 
 def test_search_on_empty_default_collection(client: Any) -> None:

@@ -1,0 +1,1 @@
+"""Build evaluation datasets from public question-answering data."""

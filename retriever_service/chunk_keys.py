@@ -1,0 +1,9 @@
+"""Keys the retriever keeps in each chunk's metadata; user metadata may not start with "_"."""
+
+DOCUMENT_ID = "_document_id"
+POSITION = "_position"
+CHUNK_COUNT = "_chunk_count"
+CONTENT_HASH = "_content_hash"
+START = "_start"
+END = "_end"
+RESERVED_PREFIX = "_"

@@ -19,13 +19,13 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gateway.clients import GeneratorClient, RetrieverClient
 from gateway.config import GatewayConfig
-from gateway.text import content_words, overlap, split_sentences
+from gateway.text import content_words, overlap, split_sentences, term_weights, weighted_overlap
 from qa_common.errors import (
     DependencyError,
     DependencyTimeout,
@@ -42,9 +42,8 @@ NO_ANSWER_TEXT = (
 )
 # Snippet sentences considered for an extractive answer, at most.
 _MAX_CANDIDATE_SENTENCES = 64
-# How much the words shared with the question, and the retrieval score of the sentence's
-# snippet, add to a sentence's semantic similarity to the question.
-_LEXICAL_WEIGHT = 0.15
+# How much the retrieval score of the sentence's snippet adds to a sentence's semantic
+# similarity to the question (the shared words add EXTRACTIVE_LEXICAL_WEIGHT times their share).
 _SOURCE_WEIGHT = 0.3
 # The best sentence is followed by the next one unless it is this long already: answers often
 # span two sentences ("They beat the Steelers. Then they beat the Patriots, 20-18.").
@@ -151,6 +150,15 @@ class _Clock:
         return self.timings
 
 
+class Retrieved(NamedTuple):
+    """The sources found for a question, their relevance, the query, and its terms' IDF."""
+
+    sources: list[Source]
+    relevance: float
+    query: str
+    term_weights: dict[str, float]
+
+
 @dataclass(frozen=True)
 class _Retrieval:
     """What answering a question starts from: the sources and how relevant they are."""
@@ -161,6 +169,7 @@ class _Retrieval:
     sources: list[Source]
     score: float
     query: str
+    term_weights: dict[str, float]
 
 
 class Answerer:
@@ -175,8 +184,11 @@ class Answerer:
 
     # -- retrieval ----------------------------------------------------------------------------
 
-    def _search(self, query: str, top_k: int, collection: str | None) -> list[Source]:
-        return [
+    def _search(
+        self, query: str, top_k: int, collection: str | None
+    ) -> tuple[list[Source], dict[str, float]]:
+        response = self.retriever.search(query, top_k, collection)
+        sources = [
             Source(
                 document_id=hit["document_id"],
                 chunk_id=hit["chunk_id"],
@@ -184,13 +196,14 @@ class Answerer:
                 score=float(hit["score"]),
                 metadata=hit.get("metadata") or {},
             )
-            for hit in self.retriever.search(query, top_k, collection)
+            for hit in response["results"]
         ]
+        return sources, term_weights(response.get("query_terms"))
 
     def retrieve(
         self, question: str, history: Sequence[Turn], top_k: int, collection: str | None = None
-    ) -> tuple[list[Source], float, str]:
-        """Find the sources for a question; return them, their relevance, and the query used.
+    ) -> Retrieved:
+        """Find the sources for a question: them, their relevance, the query used, its term IDFs.
 
         "And how much does it cost?" names nothing; read after the previous user question it
         finds its snippet. So a question asked after others is also searched with the previous
@@ -200,12 +213,12 @@ class Answerer:
         score.
         """
         weight = self.config.no_answer_lexical_weight
-        sources = self._search(question, top_k, collection)
+        sources, weights = self._search(question, top_k, collection)
         score = relevance(question, sources, weight)
         contextual = contextual_question(question, history)
         if contextual == question:
-            return sources, score, question
-        contextual_sources = self._search(contextual, top_k, collection)
+            return Retrieved(sources, score, question, weights)
+        contextual_sources, contextual_weights = self._search(contextual, top_k, collection)
         own_words = content_words(question)
         found = set().union(
             *(content_words(s.text) for s in contextual_sources[:_RELEVANCE_SNIPPETS])
@@ -213,8 +226,8 @@ class Answerer:
         is_follow_up = overlap(own_words, found) >= _FOLLOW_UP_MIN_OWN_WORDS
         contextual_score = relevance(contextual, contextual_sources, weight)
         if is_follow_up and contextual_score > score:
-            return contextual_sources, contextual_score, contextual
-        return sources, score, question
+            return Retrieved(contextual_sources, contextual_score, contextual, contextual_weights)
+        return Retrieved(sources, score, question, weights)
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -233,10 +246,16 @@ class Answerer:
         clock = _Clock()
         started = time.perf_counter()
         history = list(history)[-self.config.max_history_turns :] if history else []
-        sources, score, query = self.retrieve(
-            question, history, top_k or self.config.default_top_k, collection
+        found = self.retrieve(question, history, top_k or self.config.default_top_k, collection)
+        return _Retrieval(
+            clock,
+            clock.lap("retrieve", started),
+            history,
+            found.sources,
+            found.relevance,
+            found.query,
+            found.term_weights,
         )
-        return _Retrieval(clock, clock.lap("retrieve", started), history, sources, score, query)
 
     def _no_answer(self, found: _Retrieval) -> Answer | None:
         if found.score >= self.config.no_answer_min_relevance:
@@ -273,7 +292,9 @@ class Answerer:
             log.warning("generator failed (%s): answering extractively", exc.message)
             degraded.append(degraded_reason(exc))
         started = clock.lap("generate", started)
-        answer = self._finish(question, query, sources, generated, degraded, clock, started)
+        answer = self._finish(
+            question, query, sources, generated, degraded, clock, started, found.term_weights
+        )
         answer.relevance = score
         return answer
 
@@ -315,7 +336,9 @@ class Answerer:
                 degraded.append(degraded_reason(exc))
                 generated = None
             began = clock.lap("generate", began)
-            answer = self._finish(question, query, sources, generated, degraded, clock, began)
+            answer = self._finish(
+                question, query, sources, generated, degraded, clock, began, found.term_weights
+            )
             answer.relevance = score
             yield "done", _final(answer)
 
@@ -330,6 +353,7 @@ class Answerer:
         degraded: list[str],
         clock: _Clock,
         started: float,
+        term_weights: dict[str, float] | None = None,
     ) -> Answer:
         context = sources[: self.config.context_snippets]
         # Grounding and extraction look at the same snippet sentences: embed each once.
@@ -344,7 +368,7 @@ class Answerer:
                     generated.strip(), "generated", sources, degraded, clock.total(), grounding
                 )
         # A follow-up's sentence is picked with the question it continues ("… and the cost?").
-        text, extract_degraded = self.extract(query, context, embed)
+        text, extract_degraded = self.extract(query, context, embed, term_weights)
         degraded += extract_degraded
         clock.lap("extract", started)
         return Answer(text, "extractive", sources, degraded, clock.total(), grounding)
@@ -376,9 +400,18 @@ class Answerer:
         return result, []
 
     def extract(
-        self, question: str, sources: Sequence[Source], embed: _EmbeddingMemo | None = None
+        self,
+        question: str,
+        sources: Sequence[Source],
+        embed: _EmbeddingMemo | None = None,
+        term_weights: dict[str, float] | None = None,
     ) -> tuple[str, list[str]]:
-        """Pick the snippet sentence(s) that best answer the question."""
+        """Pick the snippet sentence(s) that best answer the question.
+
+        The question's words count by their rarity in the collection when the retriever says
+        it (``term_weights``): "E3" in "why does my thermostat show error E3?" weighs more than
+        "thermostat", so the E3 line wins over the E6 line that embeds almost alike.
+        """
         candidates: list[tuple[int, int, str]] = []  # (source index, sentence index, text)
         for si, source in enumerate(sources):
             for ti, sentence in enumerate(split_sentences(source.text)):
@@ -389,7 +422,11 @@ class Answerer:
             return NO_ANSWER_TEXT, []
         question_words = content_words(question)
         lexical = np.array(
-            [overlap(question_words, content_words(c[2])) for c in answerable], dtype=np.float32
+            [
+                weighted_overlap(question_words, content_words(c[2]), term_weights or {})
+                for c in answerable
+            ],
+            dtype=np.float32,
         )
         degraded: list[str] = []
         try:
@@ -403,7 +440,11 @@ class Answerer:
             degraded.append("extraction_lexical_only")
         # A sentence from a snippet that matched the question better is likelier the answer.
         source_score = np.array([sources[c[0]].score for c in answerable], dtype=np.float32)
-        scores = semantic + _LEXICAL_WEIGHT * lexical + _SOURCE_WEIGHT * source_score
+        scores = (
+            semantic
+            + self.config.extractive_lexical_weight * lexical
+            + _SOURCE_WEIGHT * source_score
+        )
         best = int(np.argmax(scores))
         chosen = [answerable[best]]
         if self.config.extractive_max_sentences > 1:

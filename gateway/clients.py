@@ -37,12 +37,13 @@ class RetrieverClient(ServiceClient):
         )
         self.search_mode = config.search_mode
 
-    def search(self, query: str, top_k: int, collection: str | None = None) -> list[dict[str, Any]]:
+    def search(self, query: str, top_k: int, collection: str | None = None) -> dict[str, Any]:
+        """Return the retriever's search response: ``results`` and, lexically, ``query_terms``."""
         # The mode is always named: the retriever's own default may differ between versions.
         body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": self.search_mode}
         if collection:
             body["collection"] = collection
-        return list(self.request_json("POST", "/v1/search", json=body)["results"])
+        return self.request_json("POST", "/v1/search", json=body)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return list(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 _BLOCK_BREAK = re.compile(r"\n+")
 # The closing quotes/brackets after the end stay with their sentence (lookbehinds, not eaten).
@@ -55,3 +58,28 @@ def content_words(text: str) -> set[str]:
 def overlap(part: set[str], whole: set[str]) -> float:
     """Share of ``part``'s words found in ``whole`` (0 when ``part`` is empty)."""
     return len(part & whole) / len(part) if part else 0.0
+
+
+def term_weights(query_terms: Sequence[Mapping[str, Any]] | None) -> dict[str, float]:
+    """Map the question's content words to their IDF in the collection, from a search response."""
+    weights: dict[str, float] = {}
+    for term in query_terms or ():
+        # "ht-250" is one retriever term and two words here: each gets the phrase's rarity.
+        for word in content_words(str(term["term"])):
+            weights[word] = max(weights.get(word, 0.0), float(term["idf"]))
+    return weights
+
+
+def weighted_overlap(part: set[str], whole: set[str], weights: Mapping[str, float]) -> float:
+    """Share of ``part``'s words found in ``whole``, each word counted by its weight.
+
+    Without weights every word counts the same (``overlap``); a word the weights miss counts as
+    much as the median of those they have.
+    """
+    if not weights:
+        return overlap(part, whole)
+    default = statistics.median(weights.values())
+    total = sum(weights.get(w, default) for w in part)
+    if total <= 0:
+        return overlap(part, whole)
+    return sum(weights.get(w, default) for w in part & whole) / total

@@ -33,8 +33,8 @@ class RetrieverConfig(ServiceSettings):
     )
 
     search_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
-    hybrid_fusion: Literal["rrf", "weighted"] = "rrf"
-    hybrid_dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    hybrid_fusion: Literal["rrf", "weighted"] = "weighted"
+    hybrid_dense_weight: float = Field(0.6, ge=0.0, le=1.0)
     hybrid_candidates: int = Field(50, ge=1, le=1000)
     lexical_index_path: str | None = Field(
         None,

@@ -62,8 +62,8 @@ class SearchSettings:
     """How hybrid search fuses, and how many candidates each side brings."""
 
     mode: SearchMode = "hybrid"
-    fusion: Fusion = "rrf"
-    dense_weight: float = 0.5
+    fusion: Fusion = "weighted"
+    dense_weight: float = 0.6
     candidates: int = 50
 
 
@@ -502,6 +502,10 @@ class KnowledgeBase:
             "max_chunk_tokens": self.chunker.max_tokens,
             "chunk_overlap_tokens": self.chunker.overlap_tokens,
             "store": self.store.description,
+            "lexical_index": self.lexical.index.description,
+            "search_mode": self.search_settings.mode,
+            "hybrid_fusion": self.search_settings.fusion,
+            "hybrid_dense_weight": self.search_settings.dense_weight,
         }
 
     def check_ready(self) -> dict[str, Any]:

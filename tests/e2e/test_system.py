@@ -19,7 +19,7 @@ import requests
 
 from gateway.schemas import AskResponse
 from tests.conftest import FIXTURES_DIR
-from tests.e2e.conftest import Stack, requests_served, wait_until
+from tests.e2e.conftest import ADMIN_KEY, Stack, requests_served, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -129,6 +129,37 @@ def test_without_generators_answers_flow_extractively_and_come_back(stack: Stack
     served_after = sum(requests_served(g, "generate") for g in stack.generators)
     assert served_after >= served_before + 4
     assert stack.gateway.process.pid == gateway_pid, "the gateway was not restarted"
+
+
+def _search(url: str, query: str, mode: str) -> list[str]:
+    response = requests.post(
+        f"{url}/v1/search", json={"query": query, "mode": mode, "top_k": 3}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    return [h["document_id"] for h in response.json()["results"]]
+
+
+def test_exact_terms_written_on_one_replica_are_found_on_every_replica(stack: Stack) -> None:
+    """Server shape: two retrievers, each with its own lexical index over one Chroma server."""
+    urls = [r.url for r in stack.retrievers]
+    for url in urls:  # every replica has its lexical index loaded before the writes
+        assert "faq-016" in _search(url, "CR2477", "lexical")
+    for writer, url in enumerate(urls):
+        code = f"QX-{writer}{stack.shape[:3].upper()}"
+        document = {"id": f"e2e-code-{writer}", "text": f"Error {code} means the vent is shut."}
+        response = requests.post(f"{url}/v1/documents", json={"documents": [document]}, timeout=120)
+        assert response.status_code == 200, response.text
+        for reader in urls:
+            assert _search(reader, code, "lexical") == [document["id"]], (writer, reader)
+            assert _search(reader, f"what does {code} mean", "hybrid")[0] == document["id"]
+        response = requests.delete(
+            f"{url}/v1/documents/{document['id']}",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        for reader in urls:
+            assert _search(reader, code, "lexical") == [], (writer, reader)
 
 
 def test_restarting_the_retriever_keeps_every_document(stack: Stack) -> None:

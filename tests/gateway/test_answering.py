@@ -180,9 +180,9 @@ class SearchStub(EmbedStub):
         self.results = results
         self.queries: list[str] = []
 
-    def search(self, query: str, top_k: int, collection: str | None = None) -> list[dict]:
+    def search(self, query: str, top_k: int, collection: str | None = None) -> dict[str, Any]:
         self.queries.append(query)
-        return self.results.get(query, [])[:top_k]
+        return {"results": self.results.get(query, [])[:top_k]}
 
 
 def hit(text: str, score: float, doc: str) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def test_follow_up_is_read_with_the_previous_question() -> None:
             f"{previous} {question}": [hit(PRICE, 0.7, "faq-004"), hit(PLAN, 0.6, "faq-003")],
         }
     )
-    sources, score, query = a.retrieve(question, [Turn("user", previous)], 5)
+    sources, score, query, _ = a.retrieve(question, [Turn("user", previous)], 5)
     assert stub.queries == [question, f"{previous} {question}"]
     assert [s.document_id for s in sources] == ["faq-004", "faq-003"]
     assert query == f"{previous} {question}"
@@ -225,7 +225,7 @@ def test_new_topic_after_history_is_not_read_as_a_follow_up() -> None:
             f"{previous} {question}": [hit(BATTERY, 0.68, "faq-016")],
         }
     )
-    sources, score, query = a.retrieve(question, [Turn("user", previous)], 5)
+    sources, score, query, _ = a.retrieve(question, [Turn("user", previous)], 5)
     assert query == question
     assert [s.document_id for s in sources] == ["x"]
     assert score < a.config.no_answer_min_relevance
@@ -233,7 +233,7 @@ def test_new_topic_after_history_is_not_read_as_a_follow_up() -> None:
 
 def test_question_without_history_is_searched_once() -> None:
     a, stub = _answerer_with({"hi there": [hit(PLAN, 0.2, "faq-003")]})
-    sources, _, query = a.retrieve("hi there", [Turn("assistant", "Hello")], 5)
+    sources, _, query, _ = a.retrieve("hi there", [Turn("assistant", "Hello")], 5)
     assert stub.queries == ["hi there"]
     assert query == "hi there"
     assert len(sources) == 1
@@ -254,3 +254,21 @@ def test_question_without_history_is_searched_once() -> None:
 )
 def test_degraded_reason(error: ServiceError, reason: str) -> None:
     assert degraded_reason(error) == reason
+
+
+def test_extraction_prefers_the_sentence_holding_the_questions_rare_words() -> None:
+    codes = source(
+        "- E3: The wires detected do not match the system type chosen during setup.\n"
+        "- E6: The thermostat is too hot inside, usually from direct sunlight."
+    )
+    question = "Why does my thermostat show error E3?"
+    weights = {"thermostat": 0.7, "show": 1.9, "error": 2.9, "e3": 4.2}
+    chosen, _ = answerer(extractive_max_sentences=1, extractive_lexical_weight=1.0).extract(
+        question, [codes], term_weights=weights
+    )
+    assert chosen.startswith("E3:")
+    # With every word counted alike the two lines tie on shared words (one each).
+    unweighted, _ = answerer(extractive_max_sentences=1, extractive_lexical_weight=1.0).extract(
+        question, [codes]
+    )
+    assert unweighted in set(codes.text.replace("- ", "").split("\n"))

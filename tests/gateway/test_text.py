@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.text import content_words, overlap, split_sentences
+import pytest
+
+from gateway.text import content_words, overlap, split_sentences, term_weights, weighted_overlap
 
 
 def test_split_sentences_on_ends_and_lines() -> None:
@@ -90,3 +92,30 @@ def test_overlap() -> None:
     assert overlap({"a", "b"}, {"a", "c"}) == 0.5
     assert overlap(set(), {"a"}) == 0.0
     assert overlap({"a"}, set()) == 0.0
+
+
+def test_term_weights_map_words_to_the_retrievers_idf() -> None:
+    terms = [
+        {"term": "thermostat", "idf": 0.6},
+        {"term": "e3", "idf": 4.2},
+        {"term": "ht-250", "idf": 3.0},
+        {"term": "plans", "idf": 2.0},
+    ]
+    assert term_weights(terms) == {"thermostat": 0.6, "e3": 4.2, "ht": 3.0, "250": 3.0, "plan": 2.0}
+    assert term_weights(None) == {}
+    assert term_weights([]) == {}
+
+
+def test_weighted_overlap_counts_rare_words_more() -> None:
+    question = content_words("Why does my thermostat show error E3?")
+    e3_line = content_words("E3: The wires detected do not match the system type.")
+    e6_line = content_words("E6: The thermostat is too hot inside.")
+    weights = {"thermostat": 0.7, "show": 1.9, "error": 2.9, "e3": 4.2}
+    assert overlap(question, e3_line) == overlap(question, e6_line)
+    assert weighted_overlap(question, e3_line, weights) == pytest.approx(4.2 / 9.7)
+    assert weighted_overlap(question, e6_line, weights) == pytest.approx(0.7 / 9.7)
+    # Without weights it is the plain share; a word the weights miss counts as their median.
+    assert weighted_overlap(question, e3_line, {}) == overlap(question, e3_line)
+    partial = {"e3": 4.0, "error": 2.0, "show": 1.0}
+    assert weighted_overlap(question, e6_line, partial) == pytest.approx(2.0 / 9.0)
+    assert weighted_overlap(set(), e6_line, weights) == 0.0

@@ -124,6 +124,15 @@ class LexicalSync:
         count = self.store.write_record_count()
         if count == self._log_position:
             return
+        if count < self._log_position:
+            # The log only grows, so the store was wiped or replaced: start over from it.
+            log.warning(
+                "the write log shrank (%d < %d); reconciling in full", count, self._log_position
+            )
+            self._read_ids.clear()
+            self._log_position = 0
+            for collection in list(self._loaded):
+                self._reconcile(collection)
         records = self.store.read_write_records(self._log_position, count - self._log_position)
         if len(records) != count - self._log_position or any(
             record_id in self._read_ids for record_id, _ in records

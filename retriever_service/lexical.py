@@ -228,6 +228,21 @@ class LexicalIndex:
             ).fetchone()
             return int(row[0])
 
+    def _rowids(self, collection_id: int, chunk_ids: Sequence[str]) -> list[int]:
+        rowids: list[int] = []
+        ids = list(dict.fromkeys(chunk_ids))
+        for first in range(0, len(ids), 500):
+            batch = ids[first : first + 500]
+            rowids += [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT rowid FROM chunks WHERE collection_id = ? "  # noqa: S608
+                    f"AND chunk_id IN ({','.join('?' * len(batch))})",
+                    (collection_id, *batch),
+                )
+            ]
+        return rowids
+
     def search(
         self,
         collection: str,
@@ -255,10 +270,12 @@ class LexicalIndex:
             )
             params: list[object] = [expression]
             if among is not None:
-                if not among:
+                rowids = self._rowids(collection_id, among)
+                if not rowids:
                     return []
-                sql += f" AND c.chunk_id IN ({','.join('?' * len(among))})"
-                params += list(among)
+                # A rowid constraint lets FTS5 score just these rows, not the whole match.
+                sql += f" AND {table}.rowid IN ({','.join('?' * len(rowids))})"
+                params += rowids
             sql += " ORDER BY rank LIMIT ?"
             params.append(limit)
             try:
@@ -274,6 +291,7 @@ class LexicalIndex:
         with self._lock:
             total = self.count(collection)
             collection_id = self._collection_id(collection, create=False)
+            rowids = self._rowids(collection_id, chunk_ids) if collection_id is not None else []
             stats = []
             for term in terms:
                 frequency = 0
@@ -287,15 +305,15 @@ class LexicalIndex:
                                 (_phrase(term),),
                             ).fetchone()[0]
                         )
-                        if chunk_ids and frequency:
-                            marks = ",".join("?" * len(chunk_ids))
+                        if rowids and frequency:
+                            marks = ",".join("?" * len(rowids))
                             matching = frozenset(
                                 r[0]
                                 for r in self._conn.execute(
                                     f"SELECT c.chunk_id FROM {table} "  # noqa: S608
                                     f"JOIN chunks c ON c.rowid = {table}.rowid "
-                                    f"WHERE {table} MATCH ? AND c.chunk_id IN ({marks})",
-                                    (_phrase(term), *chunk_ids),
+                                    f"WHERE {table} MATCH ? AND {table}.rowid IN ({marks})",
+                                    (_phrase(term), *rowids),
                                 )
                             )
                     except sqlite3.OperationalError:

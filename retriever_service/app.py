@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -80,6 +81,16 @@ def build_knowledge_base(
     )
 
 
+def _warm_lexical_index(kb: KnowledgeBase) -> None:
+    try:
+        kb.store.ensure_collection(kb.default_collection, create=True)
+        kb.lexical.ensure_fresh(kb.default_collection)
+    except Exception:
+        log.warning(
+            "could not load the lexical index at start; the first search will", exc_info=True
+        )
+
+
 def create_app(
     config: RetrieverConfig | None = None,
     *,
@@ -100,6 +111,12 @@ def create_app(
         load_error = f"{type(exc).__name__}: {exc}"
         log.exception("could not load the embedding model; /readyz will say why")
     app.extensions["knowledge_base"] = kb
+    if kb is not None and config.search_mode != "dense" and config.lexical_warm_up:
+        # Load the default collection's lexical index now, not in the first search: a full
+        # reconcile takes ~40 s at 100k chunks, and lexical searches wait for it.
+        threading.Thread(
+            target=_warm_lexical_index, args=(kb,), name="lexical-warm-up", daemon=True
+        ).start()
 
     def knowledge_base() -> KnowledgeBase:
         if kb is None:

@@ -42,6 +42,7 @@ class RetrieverConfig(ServiceSettings):
         "in memory with a Chroma server.",
     )
     lexical_reconcile_s: float = Field(300.0, ge=1.0)
+    lexical_warm_up: bool = True
 
     max_embed_texts: int = Field(256, ge=1, le=10_000)
     max_documents_per_request: int = Field(1000, ge=1, le=100_000)

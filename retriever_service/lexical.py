@@ -79,6 +79,8 @@ class LexicalIndex:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
+        # Collection id → chunk count, dropped on every write: every search reports the count.
+        self._counts: dict[int, int] = {}
         with self._lock:
             if path:
                 self._conn.execute("PRAGMA journal_mode=WAL")
@@ -136,6 +138,7 @@ class LexicalIndex:
             collection_id = self._collection_id(name, create=False)
             if collection_id is None:
                 return
+            self._counts.pop(collection_id, None)
             self._conn.execute(f"DROP TABLE {_FTS_TABLE.format(collection_id)}")
             self._conn.execute("DELETE FROM chunks WHERE collection_id = ?", (collection_id,))
             self._conn.execute("DELETE FROM collections WHERE id = ?", (collection_id,))
@@ -184,6 +187,7 @@ class LexicalIndex:
 
     def _delete_rows(self, collection_id: int, rowids: Sequence[int]) -> None:
         table = _FTS_TABLE.format(collection_id)
+        self._counts.pop(collection_id, None)
         for first in range(0, len(rowids), 500):
             batch = rowids[first : first + 500]
             marks = ",".join("?" * len(batch))
@@ -192,6 +196,7 @@ class LexicalIndex:
 
     def _insert(self, collection_id: int, chunks: Sequence[LexicalChunk]) -> None:
         table = _FTS_TABLE.format(collection_id)
+        self._counts.pop(collection_id, None)
         for chunk in chunks:
             cursor = self._conn.execute(
                 "INSERT INTO chunks (collection_id, chunk_id, document_id, content_hash) "
@@ -223,10 +228,12 @@ class LexicalIndex:
             collection_id = self._collection_id(collection, create=False)
             if collection_id is None:
                 return 0
-            row = self._conn.execute(
-                "SELECT count(*) FROM chunks WHERE collection_id = ?", (collection_id,)
-            ).fetchone()
-            return int(row[0])
+            if collection_id not in self._counts:
+                row = self._conn.execute(
+                    "SELECT count(*) FROM chunks WHERE collection_id = ?", (collection_id,)
+                ).fetchone()
+                self._counts[collection_id] = int(row[0])
+            return self._counts[collection_id]
 
     def _rowids(self, collection_id: int, chunk_ids: Sequence[str]) -> list[int]:
         rowids: list[int] = []

@@ -58,6 +58,7 @@ class LexicalSync:
         # Log records read so far (by id), and those this process wrote and applied itself.
         self._read_ids: set[str] = set()
         self._own_ids: set[str] = set()
+        self._unlogged: dict[str, dict[str, str | float]] = {}
         self._log_position = 0
         # Collection → monotonic time of its last reconciliation; only these are kept in step.
         self._loaded: dict[str, float] = {}
@@ -78,6 +79,12 @@ class LexicalSync:
     ) -> None:
         """Log a completed write for every replica and apply it to this process's index."""
         record_id = uuid.uuid4().hex
+        record: dict[str, str | float] = {
+            "collection": collection,
+            "kind": kind,
+            "documents": json.dumps(sorted(set(document_ids)), ensure_ascii=False),
+            "at": time.time(),
+        }
         with self._lock:
             if collection in self._loaded:
                 if kind == "drop_collection":
@@ -86,21 +93,26 @@ class LexicalSync:
                     self.index.replace_documents(collection, document_ids, chunks)
                     self._touch(collection, document_ids)
             self._own_ids.add(record_id)
-        self.store.append_write_record(
-            record_id,
-            {
-                "collection": collection,
-                "kind": kind,
-                "documents": json.dumps(sorted(set(document_ids)), ensure_ascii=False),
-                "at": time.time(),
-            },
-        )
+            # A retried ingest of the same documents is "unchanged" and logs nothing: a record
+            # that could not be appended is kept and appended with the next write or search.
+            self._unlogged[record_id] = record
+        self._flush_unlogged()
+
+    def _flush_unlogged(self) -> None:
+        with self._lock:
+            pending = list(self._unlogged.items())
+        for record_id, record in pending:
+            self.store.append_write_record(record_id, record)
+            with self._lock:
+                self._unlogged.pop(record_id, None)
 
     # -- readers ------------------------------------------------------------------------------
 
     def ensure_fresh(self, collection: str) -> None:
         """Apply every write acknowledged before now to the collection's lexical index."""
         started = time.perf_counter()
+        if self._unlogged:
+            self._flush_unlogged()
         with self._lock:
             if collection not in self._loaded:
                 self._catch_up()

@@ -199,3 +199,36 @@ def test_documents_added_and_deleted_through_the_gateway(live_stack: LiveStack) 
     price = ask(live_stack.url, "what's the monthly price for comfort plus?")
     assert price["sources"][0]["document_id"] == "faq-001"
     assert requests.post(f"{live_stack.url}/v1/documents", json={}, timeout=10).status_code == 401
+
+
+# Asked as a new user would; data/guides/troubleshooting.md lists each code word for word, and
+# MiniLM embeds its E1–E7 lines almost alike.
+EXACT_TERM_QUESTIONS = [
+    ("Why does my thermostat show error E3?", "The wires detected do not match"),
+]
+
+
+@pytest.mark.parametrize(("question", "expected"), EXACT_TERM_QUESTIONS)
+def test_exact_codes_are_answered_with_hybrid_search_where_dense_fails(
+    live_stack: LiveStack, question: str, expected: str
+) -> None:
+    from gateway.app import create_app
+    from gateway.config import GatewayConfig
+    from qa_common.process import free_port
+
+    def gateway(mode: str) -> Any:
+        config = GatewayConfig(
+            retriever_url=live_stack.retriever.url,
+            # Nothing listens there: answers are extractive, so the retrieval decides them.
+            generator_url=f"http://127.0.0.1:{free_port()}",
+            search_mode=mode,
+        )
+        return create_app(config).test_client()
+
+    dense = gateway("dense").post("/v1/ask", json={"question": question}).get_json()
+    assert expected not in dense["answer"], dense
+    hybrid = gateway("hybrid").post("/v1/ask", json={"question": question}).get_json()
+    assert hybrid["mode"] == "extractive", hybrid
+    assert expected in hybrid["answer"], hybrid
+    # The live gateway asks for hybrid search by default (its tiny model is never grounded).
+    assert expected in ask(live_stack.url, question)["answer"]

@@ -38,6 +38,41 @@ def test_a_wiped_store_is_followed_by_a_full_reconcile(make_app: Any) -> None:
     # One record now, fewer than this process had read: it reconciles in full.
     assert found(client, "AA-1") == []
     assert found(client, "CC-3") == ["c"]
-    assert app.extensions["knowledge_base"].lexical.index.fingerprint("documents").keys() == {
-        "c:0"
-    }
+    assert app.extensions["knowledge_base"].lexical.index.fingerprint("documents").keys() == {"c:0"}
+
+
+def test_a_write_whose_log_record_failed_is_logged_by_the_next_search(make_app: Any) -> None:
+    from qa_common.errors import DependencyUnavailable
+    from retriever_service.store import ChromaStore, CollectionSpec
+
+    class LogDown:
+        """The real store, whose write log is unreachable once, right after a write."""
+
+        def __init__(self, inner: ChromaStore) -> None:
+            self.inner = inner
+            self.fail_next_append = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def append_write_record(self, record_id: str, metadata: Any) -> None:
+            if self.fail_next_append:
+                self.fail_next_append = False
+                raise DependencyUnavailable("the vector store cannot be reached")
+            self.inner.append_write_record(record_id, metadata)
+
+    probe = make_app()
+    spec = CollectionSpec(probe.extensions["knowledge_base"].embedder.model_name, 384)
+    store = LogDown(ChromaStore(spec, path=probe.extensions["retriever_config"].chroma_path))
+    app = make_app(store=store)
+    client = app.test_client()
+    before = store.inner.write_record_count()
+    store.fail_next_append = True
+    response = client.post("/v1/documents", json={"documents": [{"id": "x", "text": "Code LD-4."}]})
+    assert response.status_code == 503
+    # The client retries: the document is stored already, so nothing is written or logged...
+    ingest(client, "x", "Code LD-4.")
+    assert store.inner.write_record_count() == before
+    # ...but the record kept from the failed append goes out with the next search.
+    assert found(client, "LD-4") == ["x"]
+    assert store.inner.write_record_count() == before + 1

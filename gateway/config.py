@@ -31,7 +31,7 @@ class GatewayConfig(ServiceSettings):
     grounding_min_overlap: float = Field(0.6, ge=0, le=1)
     grounding_min_similarity: float = Field(0.5, ge=-1, le=1)
     extractive_max_sentences: int = Field(2, ge=1, le=10)
-    extractive_lexical_weight: float = Field(0.15, ge=0, le=5)
+    extractive_lexical_weight: float = Field(0.5, ge=0, le=5)
 
     admin_api_key: SecretStr | None = None
     api_keys: SecretStr | None = None

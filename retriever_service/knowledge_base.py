@@ -55,6 +55,8 @@ class IngestOutcome:
 
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
+# How far down the BM25 ranking hybrid search reads scores for the dense candidates, in pools.
+_LEXICAL_SCORED_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -376,13 +378,12 @@ class KnowledgeBase:
         index = self.lexical.index
         # With a filter, Chroma drops lexical candidates that fail it: ask for more of them.
         lexical_pool = pool * 4 if where else pool
-        lexical = dict(index.search(name, terms, lexical_pool))
-        self._confirm_lexical(name, lexical, candidates, vector, where)
-        lexical = {cid: s for cid, s in lexical.items() if cid in candidates}
-        if mode == "hybrid" and terms:
-            # Dense-only candidates may hold query terms too: score them, so fusion sees both sides.
-            unscored = [cid for cid in candidates if cid not in lexical]
-            lexical.update(index.search(name, terms, len(unscored), among=unscored))
+        # One ranked read serves both sides: its head proposes candidates, and its whole length
+        # scores the dense candidates (FTS5 scores every match either way; asking it about given
+        # rows costs as much again). A dense candidate ranked past it counts as holding no term.
+        scored = index.search(name, terms, lexical_pool * _LEXICAL_SCORED_FACTOR)
+        self._confirm_lexical(name, dict(scored[:lexical_pool]), candidates, vector, where)
+        lexical = {cid: s for cid, s in scored if cid in candidates}
         fused: dict[str, float] = {}
         fusion_used: Fusion | None = None
         weight_used: float | None = None

@@ -255,13 +255,8 @@ class LexicalIndex:
         collection: str,
         terms: Sequence[str],
         limit: int,
-        *,
-        among: Sequence[str] | None = None,
     ) -> list[tuple[str, float]]:
-        """Return (chunk id, BM25 score) best first for chunks holding any term.
-
-        With ``among``, score only those chunk ids (any number of them), whatever their rank.
-        """
+        """Return (chunk id, BM25 score) best first for chunks holding any term."""
         if not terms or limit <= 0:
             return []
         expression = " OR ".join(_phrase(t) for t in terms)
@@ -276,13 +271,6 @@ class LexicalIndex:
                 f"JOIN chunks c ON c.rowid = {table}.rowid WHERE {table} MATCH ?"
             )
             params: list[object] = [expression]
-            if among is not None:
-                rowids = self._rowids(collection_id, among)
-                if not rowids:
-                    return []
-                # A rowid constraint lets FTS5 score just these rows, not the whole match.
-                sql += f" AND {table}.rowid IN ({','.join('?' * len(rowids))})"
-                params += rowids
             sql += " ORDER BY rank LIMIT ?"
             params.append(limit)
             try:

@@ -103,12 +103,6 @@ def test_no_terms_unknown_collection_or_quotes_give_nothing(index: LexicalIndex)
     assert index.search("docs", ["e7"], 0) == []
 
 
-def test_among_scores_only_the_given_chunks(index: LexicalIndex) -> None:
-    hits = index.search("docs", ["thermostat"], 10, among=["plans:1", "trouble:0"])
-    assert ids(hits) == ["plans:1"]
-    assert index.search("docs", ["thermostat"], 10, among=[]) == []
-
-
 def test_replacing_a_document_removes_its_old_chunks(index: LexicalIndex) -> None:
     index.replace_documents("docs", ["plans"], [chunk("plans:0", "The Pro plan costs $9.")])
     assert index.search("docs", ["household"], 5) == []

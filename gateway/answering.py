@@ -166,10 +166,7 @@ class _Retrieval:
     clock: _Clock
     started: float
     history: list[Turn]
-    sources: list[Source]
-    score: float
-    query: str
-    term_weights: dict[str, float]
+    retrieved: Retrieved
 
 
 class Answerer:
@@ -247,25 +244,17 @@ class Answerer:
         started = time.perf_counter()
         history = list(history)[-self.config.max_history_turns :] if history else []
         found = self.retrieve(question, history, top_k or self.config.default_top_k, collection)
-        return _Retrieval(
-            clock,
-            clock.lap("retrieve", started),
-            history,
-            found.sources,
-            found.relevance,
-            found.query,
-            found.term_weights,
-        )
+        return _Retrieval(clock, clock.lap("retrieve", started), history, found)
 
     def _no_answer(self, found: _Retrieval) -> Answer | None:
-        if found.score >= self.config.no_answer_min_relevance:
+        if found.retrieved.relevance >= self.config.no_answer_min_relevance:
             return None
         return Answer(
             NO_ANSWER_TEXT,
             "no_answer",
-            found.sources,
+            found.retrieved.sources,
             timings_ms=found.clock.total(),
-            relevance=found.score,
+            relevance=found.retrieved.relevance,
         )
 
     def answer(
@@ -279,7 +268,7 @@ class Answerer:
         """Answer a question in one piece."""
         found = self._begin(question, history, top_k, collection)
         clock, started, history = found.clock, found.started, found.history
-        sources, score, query = found.sources, found.score, found.query
+        sources, score, query, term_weights = found.retrieved
         refusal = self._no_answer(found)
         if refusal is not None:
             return refusal
@@ -293,7 +282,7 @@ class Answerer:
             degraded.append(degraded_reason(exc))
         started = clock.lap("generate", started)
         answer = self._finish(
-            question, query, sources, generated, degraded, clock, started, found.term_weights
+            question, query, sources, generated, degraded, clock, started, term_weights
         )
         answer.relevance = score
         return answer
@@ -309,7 +298,7 @@ class Answerer:
         """Retrieve now (so its errors are ordinary responses), then stream the answer."""
         found = self._begin(question, history, top_k, collection)
         clock, started, history = found.clock, found.started, found.history
-        sources, score, query = found.sources, found.score, found.query
+        sources, score, query, term_weights = found.retrieved
 
         def events() -> Iterator[tuple[str, dict[str, Any]]]:
             yield "sources", {"sources": [s.to_dict() for s in sources]}
@@ -337,7 +326,7 @@ class Answerer:
                 generated = None
             began = clock.lap("generate", began)
             answer = self._finish(
-                question, query, sources, generated, degraded, clock, began, found.term_weights
+                question, query, sources, generated, degraded, clock, began, term_weights
             )
             answer.relevance = score
             yield "done", _final(answer)

@@ -137,13 +137,25 @@ def create_app(
             retriever.ready()
         except ServiceError as exc:
             raise NotReady(f"The retriever is not ready: {exc.message}") from exc
+        model: dict[str, Any] = {}
         try:
-            generator.ready()
+            generator_ready = generator.ready()
             generator_state = "ready"
+            # Which model writes the answers, and why when it is a fallback (the chat page says).
+            model = {
+                key: generator_ready[key]
+                for key in ("model", "model_origin", "fallback_reason")
+                if generator_ready.get(key)
+            }
         except ServiceError as exc:
             # Without the generator, answers are extractive: degraded, still ready.
             generator_state = f"unavailable: {exc.message}"
-        return jsonify(status="ready", retriever="ready", generator=generator_state)
+        return jsonify(
+            status="ready",
+            retriever="ready",
+            generator=generator_state,
+            **{f"generator_{key}": value for key, value in model.items()},
+        )
 
     @app.post("/v1/ask")
     def ask() -> Any:

@@ -15,7 +15,7 @@ from generator_service.batching import SamplingParams
 from generator_service.config import GeneratorConfig, load_config
 from generator_service.errors import ModelNotLoaded
 from generator_service.generators import Generation, Generator, build_generator
-from generator_service.prompt import PromptBuilder, Turn, get_template
+from generator_service.prompt import PromptBuilder, PromptTemplate, Turn, choose_template
 from generator_service.schemas import GenerateRequest
 from qa_common.errors import ServiceError, ValidationFailed
 from qa_common.request_context import get_request_id
@@ -97,6 +97,7 @@ def _sampling_params(config: GeneratorConfig, body: GenerateRequest) -> Sampling
         no_repeat_ngram_size=config.generator_no_repeat_ngram_size,
         repetition_penalty=config.generator_repetition_penalty,
         seed=body.seed,
+        stop=tuple(dict.fromkeys([*config.generator_stop, *body.stop])),
     )
 
 
@@ -127,13 +128,15 @@ def create_app(
     app, http_metrics = create_service_app(__name__, "generator", config)
     app.extensions["generator_config"] = config
     metrics = GeneratorMetrics(http_metrics.registry)
-    template = get_template(config.generator_prompt_template)
+    template: PromptTemplate | None = None
 
     load_error: str | None = None
     builder: PromptBuilder | None = None
     try:
         if generator is None:
             generator = build_generator(config)
+        chat_format = getattr(generator, "chat_format", None)
+        template = choose_template(config.generator_prompt_template, chat_format is not None)
         builder = PromptBuilder(
             template,
             generator.counter,
@@ -141,8 +144,13 @@ def create_app(
             eos_token=generator.eos_token,
             max_snippets=config.generator_max_snippets,
             max_history_turns=config.generator_max_history_turns,
+            chat_format=chat_format,
         )
-        log.info("generator ready to serve: %s", getattr(generator, "description", "?"))
+        log.info(
+            "generator ready to serve: %s, prompt template %s",
+            getattr(generator, "description", "?"),
+            template.name,
+        )
     except Exception as exc:  # a bad model name must not crash-loop the container
         load_error = f"{type(exc).__name__}: {exc}"
         generator = None
@@ -159,14 +167,21 @@ def create_app(
 
     @app.get("/readyz")
     def readyz() -> Any:
-        gen, _ = check_readiness(ready_generator)
+        gen, prompt_builder = check_readiness(ready_generator)
         checks = check_readiness(gen.check_ready)
+        about: dict[str, Any] = {}
+        if getattr(gen, "origin", None):
+            about["model_origin"] = gen.origin
+        if getattr(gen, "fallback_reason", None):
+            # The local start serves the bundled model when the configured one cannot load.
+            about["fallback_reason"] = gen.fallback_reason
         return jsonify(
             status="ready",
             model=gen.model_name,
             backend=config.generator_backend,
-            template=template.name,
+            template=prompt_builder.template.name,
             context_tokens=gen.context_tokens,
+            **about,
             **checks,
         )
 

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -54,6 +54,31 @@ class SamplingParams:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    # Text that ends the answer where it first appears; it is not part of the answer.
+    stop: tuple[str, ...] = ()
+
+
+def find_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Return where the first stop string begins in ``text``, or -1."""
+    found = [index for stop in stops if stop and (index := text.find(stop)) >= 0]
+    return min(found) if found else -1
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Return how many trailing characters might begin a stop string (not safe to show yet)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """Return ``text`` up to its first stop string."""
+    index = find_stop(text, stops)
+    return text if index < 0 else text[:index]
 
 
 @dataclass(frozen=True)
@@ -72,8 +97,10 @@ class GenerationHandle:
         prompt_tokens: int,
         deadline: float,
         decode: Callable[[list[int]], str],
+        stop: tuple[str, ...] = (),
     ) -> None:
         self.prompt_tokens = prompt_tokens
+        self.stop = stop
         self.deadline = deadline
         self._decode = decode
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -94,8 +121,15 @@ class GenerationHandle:
         """Tell the loop to drop this request at its next step (client gone, deadline)."""
         self._cancelled.set()
 
+    def _text(self) -> str:
+        return cut_at_stop(self._decode(self._token_ids), self.stop).lstrip()
+
     def stream(self) -> Iterator[str]:
-        """Yield the answer's text as it is produced; leading whitespace is dropped."""
+        """Yield the answer's text as it is produced; leading whitespace is dropped.
+
+        Text that may be the start of a stop string is held back until the next token shows
+        whether it is one, so a stop string never reaches the client even in part.
+        """
         emitted = ""
         while True:
             remaining = self.deadline - time.monotonic()
@@ -106,7 +140,9 @@ class GenerationHandle:
                 raise DeadlineExceeded() from None
             if kind == "token":
                 self._token_ids.append(payload)
-                text = self._decode(self._token_ids).lstrip()
+                text = self._text()
+                if self.stop:
+                    text = text[: len(text) - held_back(text, self.stop)]
                 # A byte-level BPE token can end inside a UTF-8 character: wait for the rest.
                 if text.endswith("\ufffd") or not text.startswith(emitted):
                     continue
@@ -115,7 +151,7 @@ class GenerationHandle:
                     yield piece
             elif kind == "done":
                 reason, self._completion_tokens = payload
-                text = self._decode(self._token_ids).strip()
+                text = self._text().strip()
                 self._result = GenerationResult(
                     text=text,
                     prompt_tokens=self.prompt_tokens,
@@ -179,10 +215,13 @@ class BatchingEngine:
         max_queue: int = 32,
         retry_after_s: int = 2,
         pad_token_id: int | None = None,
+        stop_token_ids: Collection[int] = (),
         on_step: Callable[[str, int, int, int], None] | None = None,
     ) -> None:
         self.model = model
         self.eos_token_id = eos_token_id
+        self.stop_token_ids = frozenset({eos_token_id, *stop_token_ids})
+        self._stop_index: Any = None  # the same ids as a tensor, made on first use
         self.pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
         self.context_tokens = context_tokens
         self.max_batch_size = max_batch_size
@@ -248,7 +287,7 @@ class BatchingEngine:
         self, prompt_ids: list[int], params: SamplingParams, deadline: float
     ) -> GenerationHandle:
         """Queue one generation; raise ``QueueFull`` when too many are already waiting."""
-        handle = GenerationHandle(len(prompt_ids), deadline, self._decode)
+        handle = GenerationHandle(len(prompt_ids), deadline, self._decode, params.stop)
         seq = _Sequence(handle, list(prompt_ids), params, rng=self._make_rng(params))
         with self._cond:
             if self._stopping or not self.is_alive():
@@ -420,7 +459,10 @@ class BatchingEngine:
         for i, seq in enumerate(rows):
             p = seq.params
             if len(seq.generated) < p.min_new_tokens:
-                scores[i, self.eos_token_id] = -math.inf
+                if self._stop_index is None:
+                    stop_ids = sorted(self.stop_token_ids)
+                    self._stop_index = torch.tensor(stop_ids, device=scores.device)
+                scores[i, self._stop_index] = -math.inf
             if p.repetition_penalty != 1.0 and seq.generated:
                 idx = torch.tensor(sorted(set(seq.generated)), device=scores.device)
                 picked = scores[i, idx]
@@ -454,11 +496,13 @@ class BatchingEngine:
     def _accept(self, rows: list[_Sequence], tokens: list[int]) -> None:
         for seq, token in zip(rows, tokens, strict=True):
             seq.generated.append(token)
-            if token == self.eos_token_id:
+            if token in self.stop_token_ids:
                 seq.finish_reason = "stop"
                 continue
             seq.handle._push("token", token)
-            if (
+            if seq.params.stop and find_stop(self._decode(seq.generated), seq.params.stop) >= 0:
+                seq.finish_reason = "stop"
+            elif (
                 len(seq.generated) >= seq.params.max_new_tokens
                 or len(seq.prompt_ids) + len(seq.generated) >= self.context_tokens
             ):

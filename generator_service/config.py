@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -9,6 +10,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from qa_common.config import ServiceSettings, load_settings
 
 DEFAULT_GENERATOR_MODEL = "microsoft/DialoGPT-medium"
+# A model that runs past its answer starts the next part of the prompt it has seen.
+DEFAULT_STOP_STRINGS = ("Question:", "Context:", "\nUser:", "\nAssistant:")
 MAX_NEW_TOKENS_CAP = 256
 
 
@@ -17,8 +20,14 @@ class GeneratorConfig(ServiceSettings):
 
     generator_backend: Literal["local", "openai"] = "local"
 
-    # The local model (transformers).
+    # The local model (transformers): a hub name, a directory, a .gguf file, or a bundled model.
     generator_model: str = DEFAULT_GENERATOR_MODEL
+    generator_model_fallback: str | None = Field(
+        None, description="Served when GENERATOR_MODEL cannot be loaded (the local start sets it)."
+    )
+    generator_cache_dir: Path | None = Field(
+        None, description="Where GGUF models are converted once; ~/.cache/grounded-qa/models."
+    )
     generator_revision: str | None = None
     generator_device: str = "cpu"
     generator_dtype: Literal["float32", "bfloat16", "int8"] = "float32"
@@ -33,7 +42,11 @@ class GeneratorConfig(ServiceSettings):
     )
 
     # The prompt.
-    generator_prompt_template: str = "dialogpt-grounded"
+    generator_prompt_template: str = "auto"
+    generator_stop: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STOP_STRINGS),
+        description="Text that ends an answer (JSON list); EOS and end-of-turn tokens always do.",
+    )
     generator_max_snippets: int = Field(8, ge=0, le=100)
     generator_max_history_turns: int = Field(8, ge=0, le=100)
 
@@ -72,10 +85,11 @@ class GeneratorConfig(ServiceSettings):
     @field_validator("generator_prompt_template")
     @classmethod
     def _known_template(cls, value: str) -> str:
-        from generator_service.prompt import TEMPLATES
+        from generator_service.prompt import AUTO_TEMPLATE, TEMPLATES
 
-        if value not in TEMPLATES:
-            raise ValueError(f"unknown template {value!r}; known: {', '.join(sorted(TEMPLATES))}")
+        if value != AUTO_TEMPLATE and value not in TEMPLATES:
+            known = ", ".join([AUTO_TEMPLATE, *sorted(TEMPLATES)])
+            raise ValueError(f"unknown template {value!r}; known: {known}")
         return value
 
     @model_validator(mode="after")

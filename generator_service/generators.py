@@ -19,7 +19,7 @@ from generator_service.batching import (
 from generator_service.config import GeneratorConfig
 from generator_service.errors import DeadlineExceeded, ModelNotLoaded
 from generator_service.model import CharTokenCounter, HFTokenCounter, LoadedModel, load_model
-from generator_service.prompt import Prompt, TokenCounter
+from generator_service.prompt import ChatFormat, Prompt, TokenCounter
 from qa_common.errors import BadGateway, DownstreamError
 from qa_common.http_client import ServiceClient
 
@@ -54,6 +54,8 @@ class Generator(Protocol):
     context_tokens: int
     eos_token: str
     counter: TokenCounter
+    # The model's own chat template, when it has one (the "chat" prompt template needs it).
+    chat_format: ChatFormat | None
 
     def start(self, prompt: Prompt, params: SamplingParams, deadline: float) -> Generation:
         """Begin generating; raise at once when it cannot be accepted (429, 503)."""
@@ -81,16 +83,23 @@ class LocalGenerator:
         context_tokens: int | None = None,
         on_step: Any = None,
         model_thread: ThreadPoolExecutor | None = None,
+        fallback_reason: str | None = None,
     ) -> None:
         self.loaded = loaded
+        self.fallback_reason = fallback_reason
         self.model_name = loaded.name
         self.eos_token = loaded.eos_token
         self.context_tokens = min(context_tokens or loaded.context_tokens, loaded.context_tokens)
         self.counter = HFTokenCounter(loaded.tokenizer)
         self.description = loaded.description
+        self.origin = loaded.origin
+        self.chat_format: ChatFormat | None = (
+            self._apply_chat_template if loaded.has_chat_template else None
+        )
         self.engine = BatchingEngine(
             loaded.model,
             eos_token_id=loaded.eos_token_id,
+            stop_token_ids=loaded.stop_token_ids,
             context_tokens=self.context_tokens,
             decode=self._decode,
             max_batch_size=max_batch_size,
@@ -100,6 +109,13 @@ class LocalGenerator:
         )
         self.engine.start(model_thread)
         self._model_thread = model_thread
+
+    def _apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return str(
+            self.loaded.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        )
 
     def _decode(self, token_ids: list[int]) -> str:
         return self.loaded.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -256,6 +272,8 @@ class OpenAIGenerator:
             headers=headers,
         )
         self.chat = config.generator_api_mode == "chat"
+        # The server applies its model's template to the messages itself.
+        self.chat_format: ChatFormat | None = None
         self.path = "/chat/completions" if self.chat else "/completions"
         self.model_name = config.api_model
         self.description = f"{self.model_name} at {base} ({config.generator_api_mode})"
@@ -312,21 +330,39 @@ def _load_on_this_thread(torch_threads: int, name: str, **kwargs: Any) -> Loaded
 
 
 def build_generator(config: GeneratorConfig) -> Generator:
-    """Build the configured backend; the local model loads here."""
+    """Build the configured backend; the local model loads here.
+
+    When GENERATOR_MODEL cannot be loaded and GENERATOR_MODEL_FALLBACK is set, the fallback is
+    served instead, and one log line says so and why (``fallback_reason`` tells /readyz).
+    """
     if config.generator_backend == "openai":
         return OpenAIGenerator(config)
     # The model is loaded, and later run, by one thread only (see BatchingEngine.start).
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-model")
-    try:
-        loaded = model_thread.submit(
+    fallback_reason: str | None = None
+
+    def load(name: str, revision: str | None) -> LoadedModel:
+        return model_thread.submit(
             _load_on_this_thread,
             config.generator_torch_threads,
-            config.generator_model,
-            revision=config.generator_revision,
+            name,
+            revision=revision,
             dtype=config.generator_dtype,
             device=config.generator_device,
             safetensors_only=config.generator_safetensors_only,
+            cache_dir=config.generator_cache_dir,
         ).result()
+
+    try:
+        try:
+            loaded = load(config.generator_model, config.generator_revision)
+        except Exception as exc:
+            fallback = config.generator_model_fallback
+            if not fallback or fallback == config.generator_model:
+                raise
+            fallback_reason = f"{config.generator_model} could not be loaded: {_first_line(exc)}"
+            log.warning("serving the fallback model %s: %s", fallback, fallback_reason)
+            loaded = load(fallback, None)
     except BaseException:
         model_thread.shutdown(wait=False)
         raise
@@ -337,4 +373,10 @@ def build_generator(config: GeneratorConfig) -> Generator:
         retry_after_s=config.generator_retry_after_s,
         context_tokens=config.generator_context_tokens,
         model_thread=model_thread,
+        fallback_reason=fallback_reason,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from generator_service.model_sources import resolve_model
+
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "int8")
@@ -111,10 +113,50 @@ class LoadedModel:
     eos_token: str
     eos_token_id: int
     context_tokens: int
+    # Every token that ends an answer: EOS, the generation config's, the chat end-of-turn.
+    stop_token_ids: frozenset[int] = frozenset()
+    origin: str | None = None
 
     @property
     def description(self) -> str:
-        return f"{self.name} ({self.dtype}, {self.device})"
+        made_from = f", from {self.origin}" if self.origin else ""
+        return f"{self.name} ({self.dtype}, {self.device}{made_from})"
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+# Turn markers of the common chat templates (ChatML, Llama 3, Phi, Gemma, Mistral): the end of
+# the answer's turn, or the start of a turn the model should not be writing.
+TURN_MARKERS = (
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<start_of_turn>",
+    "</s>",
+    "<|endoftext|>",
+)
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any) -> frozenset[int]:
+    """Return the ids that end an answer: EOS, the generation config's EOS ids, turn markers."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list | tuple):
+        ids.update(int(i) for i in configured if i is not None)
+    vocab = tokenizer.get_vocab()
+    for marker in TURN_MARKERS:
+        if marker in vocab:
+            ids.add(int(vocab[marker]))
+    return frozenset(ids)
 
 
 def _context_tokens(model_config: Any, tokenizer: Any) -> int:
@@ -133,6 +175,7 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     safetensors_only: bool = False,
+    cache_dir: Path | None = None,
 ) -> LoadedModel:
     """Load tokenizer and model once; raise with a readable reason when that is impossible."""
     import torch
@@ -146,10 +189,8 @@ def load_model(
     if dtype == "int8" and device != "cpu":
         raise ValueError("int8 dynamic quantization runs on the CPU only")
     transformers.utils.logging.disable_progress_bar()
-    local = Path(name).expanduser()
-    source = str(local) if local.is_dir() else name
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{local} is a directory without a model (no config.json)")
+    resolved = resolve_model(name, cache_dir)
+    source = resolved.source
     log.info("loading generator model %s (revision %s, %s, %s)", name, revision, dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
@@ -176,4 +217,6 @@ def load_model(
         eos_token=tokenizer.eos_token,
         eos_token_id=int(tokenizer.eos_token_id),
         context_tokens=_context_tokens(model.config, tokenizer),
+        stop_token_ids=stop_token_ids(tokenizer, getattr(model, "generation_config", None)),
+        origin=resolved.origin,
     )

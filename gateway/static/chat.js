@@ -180,7 +180,11 @@ async function checkStatus() {
       statusLine.textContent = "Answers are quoted from the documents (the answer writer is unavailable).";
       statusLine.className = "status degraded";
     } else {
-      statusLine.textContent = "Ready.";
+      const model = body.generator_model ? ` Answers are written by ${body.generator_model}` : "";
+      const fallback = body.generator_fallback_reason
+        ? ` (a fallback: ${body.generator_fallback_reason})`
+        : "";
+      statusLine.textContent = `Ready.${model}${fallback}${model ? ", then checked against the sources." : ""}`;
       statusLine.className = "status";
     }
   } catch {

@@ -11,8 +11,12 @@ import torch
 
 from generator_service.batching import (
     BatchingEngine,
+    GenerationHandle,
     SamplingParams,
     banned_ngram_tokens,
+    cut_at_stop,
+    find_stop,
+    held_back,
 )
 from generator_service.errors import (
     DeadlineExceeded,
@@ -130,6 +134,46 @@ def test_eos_stops_and_is_not_returned(tiny_loaded: LoadedModel, engine_factory)
     assert result.finish_reason == "stop"
     assert result.completion_tokens == first + 1
     assert result.text == decode(tiny_loaded)(generated[:first]).strip()
+
+
+def test_any_stop_token_ends_the_answer(tiny_loaded: LoadedModel, engine_factory) -> None:
+    ids = encode(tiny_loaded, PROMPTS[0])
+    free = SamplingParams(max_new_tokens=12)
+    reference = engine_factory().submit(ids, free, deadline())
+    reference.result()
+    generated = reference._token_ids
+    # An end-of-turn token other than EOS (ChatML's <|im_end|>, say) stops generation as EOS does.
+    stop_token = generated[2]
+    first = generated.index(stop_token)
+    engine = engine_factory(stop_token_ids=[stop_token])
+    result = engine.submit(ids, free, deadline()).result()
+    assert (result.finish_reason, result.completion_tokens) == ("stop", first + 1)
+    assert result.text == decode(tiny_loaded)(generated[:first]).strip()
+
+
+def test_a_stop_string_ends_the_answer_and_never_reaches_the_stream(
+    tiny_loaded: LoadedModel, engine_factory
+) -> None:
+    ids = encode(tiny_loaded, PROMPTS[3])
+    free = SamplingParams(max_new_tokens=24)
+    full = engine_factory().submit(ids, free, deadline()).result().text
+    # Stop at a piece of the middle of the text: what comes before it is the answer, the rest
+    # is not (random weights write no words, so the piece is characters that first occur there).
+    at = next(
+        i
+        for i in range(len(full) // 3, len(full) - 3)
+        if full.find(full[i : i + 3]) == i and "\ufffd" not in full[i : i + 3]
+    )
+    stop = full[at : at + 3]
+    engine = engine_factory()
+    handle = engine.submit(ids, SamplingParams(max_new_tokens=24, stop=(stop,)), deadline())
+    pieces = list(handle.stream())
+    result = handle.final
+    assert result is not None
+    assert result.finish_reason == "stop"
+    assert result.text == full[: full.index(stop)].strip()
+    assert "".join(pieces).strip() == result.text
+    assert result.completion_tokens < len(tiny_loaded.tokenizer(full)["input_ids"])
 
 
 def test_min_new_tokens_suppresses_early_eos(tiny_loaded: LoadedModel, engine_factory) -> None:
@@ -287,3 +331,37 @@ def test_calls_and_steps_run_on_the_model_thread(tiny_loaded: LoadedModel) -> No
     assert not engine.is_alive()
     with pytest.raises(ModelNotLoaded):
         engine.call(threading.current_thread)
+
+
+def test_find_and_cut_at_the_first_stop_string() -> None:
+    stops = ("Question:", "\nUser:")
+    assert find_stop("It costs $5.99.\nQuestion: and", stops) == len("It costs $5.99.\n")
+    assert find_stop("no stop here", stops) == -1
+    assert cut_at_stop("A.\nUser: B Question: C", stops) == "A."
+    assert cut_at_stop("plain", ()) == "plain"
+
+
+def test_held_back_is_the_longest_tail_that_may_begin_a_stop_string() -> None:
+    stops = ("Question:", "\nUser:")
+    assert held_back("It costs $5.99. Quest", stops) == len("Quest")
+    assert held_back("It costs $5.99.\n", stops) == 1
+    assert held_back("It costs $5.99.", stops) == 0
+    assert held_back("Q", ("Question:",)) == 1
+
+
+def test_the_stream_holds_back_a_possible_stop_string_until_it_is_decided() -> None:
+    # Token ids are characters here, so each push adds one character to the text.
+    text = "Yes. Quick. Question: no"
+    handle = GenerationHandle(
+        3, time.monotonic() + 5, lambda ids: "".join(map(chr, ids)), stop=("Question:",)
+    )
+    for char in text[: text.index("Question:") + len("Question:")]:
+        handle._push("token", ord(char))
+    handle._push("done", ("stop", 20))
+    shown = ""
+    for piece in handle.stream():
+        shown += piece
+        # Never a prefix of the stop string beyond what "Quick." explains.
+        assert "Question"[:3] not in shown.split("Quick.")[-1], shown
+    assert handle.final is not None
+    assert shown.strip() == handle.final.text == "Yes. Quick."

@@ -16,7 +16,18 @@ def test_defaults() -> None:
     assert config.generator_max_new_tokens == 64
     assert config.generator_max_new_tokens_cap == 256
     assert config.generator_do_sample is False
-    assert config.generator_prompt_template == "dialogpt-grounded"
+    # "auto": the model's own chat template when it has one, DialoGPT's EOS-joined turns if not.
+    assert config.generator_prompt_template == "auto"
+    assert config.generator_model_fallback is None
+    assert "Question:" in config.generator_stop
+
+
+def test_stop_strings_and_fallback_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENERATOR_STOP", '["###", "\\nQ:"]')
+    monkeypatch.setenv("GENERATOR_MODEL_FALLBACK", "smollm2-135m-instruct")
+    config = load_config()
+    assert config.generator_stop == ["###", "\nQ:"]
+    assert config.generator_model_fallback == "smollm2-135m-instruct"
 
 
 def test_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from generator_service.errors import PromptTooLong
 from generator_service.model import CharTokenCounter, HFTokenCounter, LoadedModel
-from generator_service.prompt import TEMPLATES, PromptBuilder, Turn, get_template
+from generator_service.prompt import TEMPLATES, PromptBuilder, Turn, choose_template, get_template
 
 EOS = "<|endoftext|>"
 
@@ -163,3 +163,43 @@ def test_chat_messages_carry_the_same_parts() -> None:
         {"role": "assistant", "content": "a"},
         {"role": "user", "content": "Q?"},
     ]
+
+
+def _chatml(messages: list[dict[str, str]]) -> str:
+    """A stand-in for a tokenizer's chat template: ChatML, as SmolLM2's."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def test_chat_template_renders_through_the_models_own_format() -> None:
+    chat = builder(template="chat", chat_format=_chatml, context_tokens=200)
+    prompt = chat.build(
+        "And for families?",
+        ["The Household plan costs $5.99.", "It covers six people."],
+        [Turn("user", "How much is Basic?"), Turn("assistant", "Basic is free.")],
+        max_new_tokens=10,
+    )
+    assert prompt.text == _chatml(prompt.messages)
+    roles = [m["role"] for m in prompt.messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    last = prompt.messages[-1]["content"]
+    assert last.startswith("Context:\nThe Household plan costs $5.99.\n\nIt covers six people.")
+    assert last.endswith("Question: And for families?")
+    assert "Context" not in prompt.messages[0]["content"]
+
+
+def test_chat_template_budget_drops_snippets_as_the_others_do() -> None:
+    chat = builder(template="chat", chat_format=_chatml, context_tokens=75)
+    prompt = chat.build("q?", [words("a", 20), words("b", 20), words("c", 20)], max_new_tokens=5)
+    assert prompt.snippets == (words("a", 20),) or prompt.truncated_snippet
+    assert WordCounter().count(prompt.text) <= 70
+
+
+def test_auto_picks_chat_only_for_a_model_with_a_chat_template() -> None:
+    assert choose_template("auto", True).name == "chat"
+    assert choose_template("auto", False).name == "dialogpt-grounded"
+    assert choose_template("instruct", True).name == "instruct"
+    with pytest.raises(ValueError, match="chat template"):
+        choose_template("chat", False)
+    with pytest.raises(ValueError, match="chat template"):
+        builder(template="chat")

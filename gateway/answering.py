@@ -7,8 +7,8 @@ The modes, in the order they are tried:
   ``NO_ANSWER_LEXICAL_WEIGHT`` times the share of the question's content words found in the
   top snippets: cosine alone cannot tell "about a neighbouring topic" from "about this", and the
   shared words (names, numbers, terms) can (docs/benchmarks.md has the measurements).
-- ``generated``: the generator's text, returned only when the snippets support it: most of its
-  content words occur in them and it is close in meaning to one of their sentences.
+- ``generated``: the generator's text, returned only when the snippets support it sentence by
+  sentence, facts included, from sentences that answer the question (``gateway/grounding.py``).
 - ``extractive``: the snippet sentence(s) that best answer the question; used when the
   generated text is unsupported, or the generator is down, overloaded or slow (``degraded``).
 """
@@ -23,8 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gateway import grounding
 from gateway.clients import GeneratorClient, RetrieverClient
 from gateway.config import GatewayConfig
+from gateway.grounding import GroundingSettings, SnippetSentence
 from gateway.text import content_words, overlap, split_sentences, term_weights, weighted_overlap
 from qa_common.errors import (
     DependencyError,
@@ -86,7 +88,7 @@ class Answer:
     sources: list[Source]
     degraded: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    grounding: dict[str, float] | None = None
+    grounding: dict[str, Any] | None = None
     relevance: float | None = None
 
     def to_dict(self, request_id: str | None) -> dict[str, Any]:
@@ -347,59 +349,63 @@ class Answerer:
         context = sources[: self.config.context_snippets]
         # Grounding and extraction look at the same snippet sentences: embed each once.
         embed = _EmbeddingMemo(self.retriever)
-        grounding: dict[str, float] | None = None
+        ranked, rank_degraded = self.rank_sentences(question, query, context, embed, term_weights)
+        verdict: dict[str, Any] | None = None
         if generated is not None and generated.strip():
-            grounding, grounding_degraded = self.grounding(generated, context, embed)
+            verdict, grounding_degraded = self.grounding(generated, question, ranked, embed)
             degraded += grounding_degraded
             started = clock.lap("ground", started)
-            if grounding["supported"]:
+            if verdict["supported"]:
                 return Answer(
-                    generated.strip(), "generated", sources, degraded, clock.total(), grounding
+                    generated.strip(), "generated", sources, degraded, clock.total(), verdict
                 )
-        # A follow-up's sentence is picked with the question it continues ("… and the cost?").
-        text, extract_degraded = self.extract(query, context, embed, term_weights)
-        degraded += extract_degraded
+        text = self.quote(ranked)
+        # Reported only for a quoted answer: a generated one says grounding_check_unavailable.
+        degraded += [d for d in rank_degraded if d not in degraded]
         clock.lap("extract", started)
-        return Answer(text, "extractive", sources, degraded, clock.total(), grounding)
+        return Answer(text, "extractive", sources, degraded, clock.total(), verdict)
 
     # -- grounding and extraction -------------------------------------------------------------
 
     def grounding(
-        self, generated: str, sources: Sequence[Source], embed: _EmbeddingMemo | None = None
-    ) -> tuple[dict[str, float], list[str]]:
-        """Measure how well the snippets support a generated answer."""
-        answer_words = content_words(generated)
-        snippet_words = set().union(*(content_words(s.text) for s in sources)) if sources else set()
-        lexical = overlap(answer_words, snippet_words)
-        result = {"overlap": round(lexical, 4), "similarity": 0.0, "supported": 0.0}
-        if len(answer_words) < 2 or lexical < self.config.grounding_min_overlap:
-            return result, []
-        sentences = [s for src in sources for s in split_sentences(src.text)]
-        sentences = sentences[:_MAX_CANDIDATE_SENTENCES]
+        self,
+        generated: str,
+        question: str,
+        ranked: Sequence[SnippetSentence],
+        embed: _EmbeddingMemo | None = None,
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Check a generated answer sentence by sentence against the ranked snippet sentences."""
+        settings = GroundingSettings(
+            min_overlap=self.config.grounding_min_overlap,
+            min_similarity=self.config.grounding_min_similarity,
+            top_sentences=self.config.grounding_top_sentences,
+        )
+        memo = embed or _EmbeddingMemo(self.retriever)
         try:
-            vectors = (embed or _EmbeddingMemo(self.retriever))([generated, *sentences])
+            verdict = grounding.check(generated, question, ranked, memo, settings)
+            return verdict.to_dict(), []
         except ServiceError as exc:
-            # Without embeddings, trust only a near-verbatim answer.
+            # Without embeddings, trust only sentences repeated nearly word for word.
             log.warning("embedding for the grounding check failed: %s", exc.message)
-            result["supported"] = float(lexical >= 0.9)
-            return result, ["grounding_check_unavailable"]
-        similarity = float(np.max(vectors[1:] @ vectors[0])) if len(sentences) else 0.0
-        result["similarity"] = round(similarity, 4)
-        result["supported"] = float(similarity >= self.config.grounding_min_similarity)
-        return result, []
+            verdict = grounding.check(generated, question, ranked, None, settings)
+            return verdict.to_dict(), ["grounding_check_unavailable"]
 
-    def extract(
+    def rank_sentences(
         self,
         question: str,
+        query: str,
         sources: Sequence[Source],
         embed: _EmbeddingMemo | None = None,
         term_weights: dict[str, float] | None = None,
-    ) -> tuple[str, list[str]]:
-        """Pick the snippet sentence(s) that best answer the question.
+    ) -> tuple[list[SnippetSentence], list[str]]:
+        """Rank the snippets' sentences by how well they answer the question (0 is best).
 
         The question's words count by their rarity in the collection when the retriever says
         it (``term_weights``): "E3" in "why does my thermostat show error E3?" weighs more than
-        "thermostat", so the E3 line wins over the E6 line that embeds almost alike.
+        "thermostat", so the E3 line wins over the E6 line that embeds almost alike. A
+        follow-up ("and can I share it?") is searched with the question before it (``query``),
+        but its sentence is picked by its own words first: the meaning of both, the words of
+        the follow-up.
         """
         candidates: list[tuple[int, int, str]] = []  # (source index, sentence index, text)
         for si, source in enumerate(sources):
@@ -408,7 +414,7 @@ class Answerer:
         answerable = [c for c in candidates if _is_statement(c[2])] or candidates
         answerable = answerable[:_MAX_CANDIDATE_SENTENCES]
         if not answerable:
-            return NO_ANSWER_TEXT, []
+            return [], []
         question_words = content_words(question)
         lexical = np.array(
             [
@@ -418,11 +424,12 @@ class Answerer:
             dtype=np.float32,
         )
         degraded: list[str] = []
+        asked = list(dict.fromkeys([question, query]))
         try:
             vectors = (embed or _EmbeddingMemo(self.retriever))(
-                [question, *(c[2] for c in answerable)]
+                [*asked, *(c[2] for c in answerable)]
             )
-            semantic = vectors[1:] @ vectors[0]
+            semantic = (vectors[len(asked) :] @ vectors[: len(asked)].T).mean(axis=1)
         except ServiceError as exc:
             log.warning("embedding for extraction failed: %s; using word overlap", exc.message)
             semantic = np.zeros(len(answerable), dtype=np.float32)
@@ -434,13 +441,41 @@ class Answerer:
             + self.config.extractive_lexical_weight * lexical
             + _SOURCE_WEIGHT * source_score
         )
-        best = int(np.argmax(scores))
-        chosen = [answerable[best]]
+        order = np.argsort(-scores, kind="stable")
+        rank = {int(i): r for r, i in enumerate(order)}
+        ranked = [
+            SnippetSentence(source=c[0], position=c[1], text=c[2], rank=rank[i])
+            for i, c in enumerate(answerable)
+        ]
+        return ranked, degraded
+
+    def quote(self, ranked: Sequence[SnippetSentence]) -> str:
+        """Quote the best-ranked sentence, and the one after it while the answer is short."""
+        if not ranked:
+            return NO_ANSWER_TEXT
+        best = min(ranked, key=lambda s: s.rank)
+        chosen = [best]
         if self.config.extractive_max_sentences > 1:
-            following = [c for c in answerable if c[0] == chosen[0][0] and c[1] == chosen[0][1] + 1]
-            if following and len(chosen[0][2].split()) < _FOLLOWING_SENTENCE_MAX_WORDS:
+            following = [
+                s for s in ranked if s.source == best.source and s.position == best.position + 1
+            ]
+            if following and len(best.text.split()) < _FOLLOWING_SENTENCE_MAX_WORDS:
                 chosen.append(following[0])
-        return " ".join(c[2] for c in chosen), degraded
+        return " ".join(s.text for s in chosen)
+
+    def extract(
+        self,
+        question: str,
+        sources: Sequence[Source],
+        embed: _EmbeddingMemo | None = None,
+        term_weights: dict[str, float] | None = None,
+        query: str | None = None,
+    ) -> tuple[str, list[str]]:
+        """Pick the snippet sentence(s) that best answer the question."""
+        ranked, degraded = self.rank_sentences(
+            question, query or question, sources, embed, term_weights
+        )
+        return self.quote(ranked), degraded
 
 
 class _EmbeddingMemo:

@@ -44,12 +44,32 @@ class SourceOut(BaseModel):
     metadata: dict[str, Any]
 
 
-class Grounding(BaseModel):
-    """How well the snippets support a generated answer."""
+class GroundedSentence(BaseModel):
+    """What the grounding check found for one sentence of a generated answer."""
 
-    overlap: float = Field(description="Share of the answer's content words in the snippets.")
-    similarity: float = Field(description="Best cosine between the answer and a snippet sentence.")
-    supported: float
+    text: str
+    supported: bool
+    overlap: float = Field(description="Share of its content words in the backing sentence(s).")
+    similarity: float = Field(description="Cosine with the backing snippet sentence.")
+    reason: str | None = Field(None, description="Why it is not supported; see Grounding.reason.")
+    support: str | None = Field(None, description="The snippet sentence that backs it most.")
+    missing: list[str] = Field(
+        default_factory=list, description="Numbers, codes and names not found in that sentence."
+    )
+
+
+class Grounding(BaseModel):
+    """Whether the snippets support a generated answer, sentence by sentence, and why not."""
+
+    supported: bool
+    reason: str | None = Field(
+        description="Why the generated text was set aside: empty, prompt_markers, repetition, "
+        "echoes_question, missing_facts, low_overlap, low_similarity, support_does_not_answer, "
+        "no_support; null when supported."
+    )
+    overlap: float = Field(description="Lowest share of a sentence's content words backed.")
+    similarity: float = Field(description="Lowest cosine of a sentence with its backing.")
+    sentences: list[GroundedSentence] = Field(default_factory=list)
 
 
 class AskResponse(BaseModel):

@@ -109,43 +109,62 @@ def test_extract_falls_back_to_questions_only_when_nothing_else_is_there() -> No
 # -- grounding --------------------------------------------------------------------------------
 
 
+BATTERY_QUESTION = "What battery does the Room Sensor use?"
+
+
+def ground(a: Answerer, text: str, sources: list[Source], question: str = BATTERY_QUESTION):
+    ranked, _ = a.rank_sentences(question, question, sources)
+    return a.grounding(text, question, ranked)
+
+
 def test_grounding_supports_a_restated_snippet_sentence() -> None:
-    result, degraded = answerer().grounding(
-        "The Room Sensor runs on one CR2477 coin cell battery.", [FAQ]
+    result, degraded = ground(
+        answerer(), "The Room Sensor runs on one CR2477 coin cell battery.", [FAQ]
     )
-    assert result["supported"] == 1.0
+    assert result["supported"] is True
+    assert result["reason"] is None
     assert result["overlap"] == 1.0
     assert result["similarity"] > 0.8
+    (sentence,) = result["sentences"]
+    assert sentence["support"].startswith("The Room Sensor runs on one CR2477")
     assert degraded == []
 
 
-def test_grounding_rejects_words_not_in_the_snippets_without_embedding() -> None:
-    a = answerer()
-    result, _ = a.grounding("I like turtles very much.", [FAQ])
-    assert result == {"overlap": 0.0, "similarity": 0.0, "supported": 0.0}
-    assert a.retriever.calls == []  # type: ignore[attr-defined]
+def test_grounding_rejects_words_not_in_the_snippets() -> None:
+    result, _ = ground(answerer(), "I like turtles very much.", [FAQ])
+    assert result["supported"] is False
+    assert result["reason"] == "low_overlap"
 
 
 def test_grounding_rejects_snippet_words_in_another_meaning() -> None:
     a = answerer(grounding_min_similarity=0.8)
-    result, _ = a.grounding("Battery app sensor drops years coin warns.", [FAQ])
-    assert result["overlap"] == 1.0
+    result, _ = ground(a, "Battery app sensor drops years coin warns.", [FAQ])
+    assert result["supported"] is False
     assert result["similarity"] < 0.8
-    assert result["supported"] == 0.0
 
 
-def test_grounding_of_a_one_word_answer_is_unsupported() -> None:
-    assert answerer().grounding("CR2477", [FAQ])[0]["supported"] == 0.0
+def test_grounding_rejects_a_number_the_snippet_does_not_state() -> None:
+    result, _ = ground(answerer(), "The Room Sensor battery typically lasts about 4 years.", [FAQ])
+    assert result["supported"] is False
+    assert result["reason"] == "missing_facts"
+    assert result["sentences"][0]["missing"] == ["4"]
+
+
+def test_grounding_needs_every_sentence_supported() -> None:
+    text = "The Room Sensor runs on one CR2477 coin cell battery. Call 555-0199 for a spare."
+    result, _ = ground(answerer(), text, [FAQ])
+    assert result["supported"] is False
+    assert [s["supported"] for s in result["sentences"]] == [True, False]
 
 
 def test_grounding_without_embeddings_trusts_only_near_verbatim_text() -> None:
     a = answerer(fail_embed=True)
-    verbatim, degraded = a.grounding("The Room Sensor runs on one CR2477 coin cell battery.", [FAQ])
-    assert verbatim["supported"] == 1.0
-    assert degraded == ["grounding_check_unavailable"]
-    loose, _ = a.grounding("The Room Sensor battery lasts 3 years in the garage.", [FAQ])
+    verbatim, degraded = ground(a, "The Room Sensor runs on one CR2477 coin cell battery.", [FAQ])
+    assert verbatim["supported"] is True
+    assert "grounding_check_unavailable" in degraded
+    loose, _ = ground(a, "The Room Sensor battery lasts 3 years in the garage.", [FAQ])
     assert loose["overlap"] >= 0.6
-    assert loose["supported"] == 0.0
+    assert loose["supported"] is False
 
 
 # -- follow-ups, relevance, degraded reasons --------------------------------------------------

@@ -69,7 +69,7 @@ def test_stream_of_ungrounded_tokens_ends_extractive(
     done = events[-1][1]
     assert done["mode"] == "extractive"
     assert "$3.49" in done["answer"]
-    assert done["grounding"]["supported"] == 0.0
+    assert done["grounding"]["supported"] is False
 
 
 def test_stream_with_generator_down_ends_extractive_without_tokens(

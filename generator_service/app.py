@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -11,12 +12,19 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from prometheus_client import Counter, Gauge, Histogram
 
+from generator_service import openai_api
 from generator_service.batching import SamplingParams
 from generator_service.config import GeneratorConfig, load_config
 from generator_service.errors import ModelNotLoaded
 from generator_service.generators import Generation, Generator, build_generator
-from generator_service.prompt import PromptBuilder, PromptTemplate, Turn, choose_template
-from generator_service.schemas import GenerateRequest
+from generator_service.prompt import (
+    Prompt,
+    PromptBuilder,
+    PromptTemplate,
+    Turn,
+    choose_template,
+)
+from generator_service.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from qa_common.errors import ServiceError, ValidationFailed
 from qa_common.request_context import get_request_id
 from qa_common.web import (
@@ -90,7 +98,10 @@ def _sampling_params(config: GeneratorConfig, body: GenerateRequest) -> Sampling
         do_sample = do_sample or body.top_p is not None
     return SamplingParams(
         max_new_tokens=max_new,
-        min_new_tokens=min(config.generator_min_new_tokens, max_new),
+        min_new_tokens=min(
+            config.generator_min_new_tokens if body.min_new_tokens is None else body.min_new_tokens,
+            max_new,
+        ),
         do_sample=do_sample,
         temperature=body.temperature or config.generator_temperature,
         top_p=body.top_p or config.generator_top_p,
@@ -223,7 +234,95 @@ def create_app(
             **fitted,
         )
 
+    # The OpenAI-compatible routes: internal like /v1/generate (same validation, load shedding
+    # and error envelope), so that an OpenAI client, or another generator with
+    # GENERATOR_BACKEND=openai, can use this one.
+    @app.get("/v1/models")
+    def list_models() -> Any:
+        gen, _ = ready_generator()
+        model = {"id": gen.model_name, "object": "model", "created": 0, "owned_by": "grounded-qa"}
+        return jsonify(object="list", data=[model])
+
+    @app.post("/v1/chat/completions")
+    def chat_completions() -> Any:
+        body = parse_body(ChatCompletionRequest)
+        params = openai_api.sampling_params(config, body, body.answer_tokens)
+        gen, prompt_builder = ready_generator()
+        prompt, turn_stops = openai_api.chat_prompt(
+            body,
+            counter=gen.counter,
+            context_tokens=gen.context_tokens,
+            max_new_tokens=params.max_new_tokens,
+            chat_format=getattr(gen, "chat_format", None),
+            eos_joined=prompt_builder.template.turn_separator is None,
+            eos_token=gen.eos_token,
+        )
+        if turn_stops:
+            params = dataclasses.replace(params, stop=(*params.stop, *turn_stops))
+        return answer_openai("chat", gen, prompt, params, body.stream, body.include_usage)
+
+    @app.post("/v1/completions")
+    def completions() -> Any:
+        body = parse_body(CompletionRequest)
+        params = openai_api.sampling_params(config, body, body.answer_tokens)
+        gen, _ = ready_generator()
+        prompt = openai_api.completion_prompt(
+            body,
+            counter=gen.counter,
+            context_tokens=gen.context_tokens,
+            max_new_tokens=params.max_new_tokens,
+        )
+        return answer_openai("completion", gen, prompt, params, body.stream, body.include_usage)
+
+    def answer_openai(
+        kind: openai_api.Kind,
+        gen: Generator,
+        prompt: Prompt,
+        params: SamplingParams,
+        stream: bool,
+        include_usage: bool,
+    ) -> Any:
+        generation = gen.start(prompt, params, time.monotonic() + config.generator_timeout_s)
+        if stream:
+            return _openai_stream_response(kind, generation, gen.model_name, include_usage)
+        try:
+            result = generation.result()
+        except BaseException:
+            generation.cancel()
+            raise
+        return jsonify(openai_api.response_body(kind, result, gen.model_name))
+
     return app
+
+
+def _openai_stream_response(
+    kind: openai_api.Kind, generation: Generation, model_name: str, include_usage: bool
+) -> Response:
+    """Answer as the OpenAI API streams: ``data:`` chunks, then ``data: [DONE]``."""
+    pieces = generation.stream()
+    # As in _stream_response: a failure before any text is still a JSON error with its status.
+    try:
+        first = list(itertools.islice(pieces, 1))
+    except BaseException:
+        generation.cancel()
+        raise
+    request_id = get_request_id()
+
+    def events() -> Iterator[str]:
+        try:
+            yield from openai_api.stream_events(
+                kind,
+                itertools.chain(first, pieces),
+                lambda: generation.final,
+                model=model_name,
+                include_usage=include_usage,
+                request_id=request_id,
+            )
+        finally:
+            # The client may have gone away mid-stream: free its row in the batch.
+            generation.cancel()
+
+    return sse_response(events())
 
 
 def _stream_response(

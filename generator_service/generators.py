@@ -3,7 +3,6 @@ OpenAI-compatible server (vLLM, TGI, Ollama, …)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -15,15 +14,28 @@ from generator_service.batching import (
     GenerationHandle,
     GenerationResult,
     SamplingParams,
+    cut_at_stop,
+    find_stop,
+    held_back,
 )
 from generator_service.config import GeneratorConfig
 from generator_service.errors import DeadlineExceeded, ModelNotLoaded
 from generator_service.model import CharTokenCounter, HFTokenCounter, LoadedModel, load_model
+from generator_service.openai_api import api_stop
 from generator_service.prompt import ChatFormat, Prompt, TokenCounter
-from qa_common.errors import BadGateway, DownstreamError
-from qa_common.http_client import ServiceClient
+from qa_common.errors import (
+    BadGateway,
+    DependencyTimeout,
+    DependencyUnavailable,
+    DownstreamError,
+    ServiceError,
+)
+from qa_common.request_context import REQUEST_ID_HEADER, get_request_id
 
 log = logging.getLogger(__name__)
+
+# How errors name the upstream server.
+SERVICE = "inference server"
 
 
 class Generation(Protocol):
@@ -152,129 +164,143 @@ class LocalGenerator:
 
 
 class OpenAIGeneration:
-    """A generation answered by a remote OpenAI-compatible server."""
+    """A generation answered by a remote OpenAI-compatible server, through the ``openai`` SDK."""
 
     def __init__(
-        self, backend: OpenAIGenerator, payload: dict[str, Any], prompt: Prompt, deadline: float
+        self,
+        backend: OpenAIGenerator,
+        request: dict[str, Any],
+        prompt: Prompt,
+        stop: tuple[str, ...],
+        deadline: float,
     ) -> None:
         self._backend = backend
-        self._payload = payload
+        self._request = request
         self._prompt = prompt
+        # All stop strings, cut here too: the API takes only four, and some servers ignore it.
+        self._stop = stop
         self._deadline = deadline
         self._result: GenerationResult | None = None
-        self._response: Any = None
+        self._stream: Any = None
 
     @property
     def final(self) -> GenerationResult | None:
         return self._result
 
     def cancel(self) -> None:
-        if self._response is not None:
-            self._response.close()
-
-    def _read_timeout(self) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded()
-        return min(remaining, self._backend.read_timeout_s)
+        stream = self._stream
+        if stream is not None:
+            stream.close()
 
     def result(self) -> GenerationResult:
-        body = self._backend.client.request_json(
-            "POST",
-            self._backend.path,
-            json={**self._payload, "stream": False},
-            read_timeout_s=self._read_timeout(),
-        )
+        completion = self._backend.create(self._request, stream=False, deadline=self._deadline)
         try:
-            choice = body["choices"][0]
-            text = choice["message"]["content"] if self._backend.chat else choice["text"]
-            reason = choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError) as exc:
+            choice = completion.choices[0]
+            text = choice.message.content if self._backend.chat else choice.text
+            reason = choice.finish_reason or "stop"
+        except (AttributeError, IndexError, TypeError) as exc:
             raise BadGateway(
-                "The inference server answered without choices.", dependency="inference server"
+                "The inference server answered without choices.", dependency=SERVICE
             ) from exc
-        self._result = self._make_result(text or "", body.get("usage"), reason)
+        text = text or ""
+        if find_stop(text, self._stop) >= 0:
+            text, reason = cut_at_stop(text, self._stop), "stop"
+        self._result = self._make_result(text, completion.usage, reason)
         return self._result
 
     def stream(self) -> Iterator[str]:
-        payload = {**self._payload, "stream": True, "stream_options": {"include_usage": True}}
-        self._response = self._backend.client.request(
-            "POST",
-            self._backend.path,
-            json=payload,
-            read_timeout_s=self._read_timeout(),
-            stream=True,
-        )
-        pieces: list[str] = []
+        import openai
+
+        self._stream = self._backend.create(self._request, stream=True, deadline=self._deadline)
+        text = ""
+        emitted = ""
         usage = None
         reason = "stop"
         try:
-            for line in self._response.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
+            for chunk in self._stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices or []:
+                    piece = choice.delta.content if self._backend.chat else choice.text
+                    text += piece or ""
+                    reason = choice.finish_reason or reason
+                shown = text.lstrip()
+                at = find_stop(shown, self._stop)
+                if at >= 0:
+                    shown, reason = shown[:at], "stop"
+                elif self._stop:
+                    # What may be the start of a stop string waits for the next piece.
+                    shown = shown[: len(shown) - held_back(shown, self._stop)]
+                if len(shown) > len(emitted):
+                    piece, emitted = shown[len(emitted) :], shown
+                    yield piece
+                if at >= 0:
                     break
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    continue
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    if self._backend.chat:
-                        piece = (choice.get("delta") or {}).get("content") or ""
-                    else:
-                        piece = choice.get("text") or ""
-                    reason = choice.get("finish_reason") or reason
-                    if piece:
-                        if not pieces:
-                            piece = piece.lstrip()
-                        if piece:
-                            pieces.append(piece)
-                            yield piece
                 if time.monotonic() > self._deadline:
                     raise DeadlineExceeded()
+        except openai.OpenAIError as exc:
+            raise self._backend.translate(exc, self._deadline) from exc
         finally:
-            self._response.close()
-        self._result = self._make_result("".join(pieces), usage, reason)
+            self._stream.close()
+            self._stream = None
+        text = cut_at_stop(text, self._stop).strip()
+        # What was held back and turned out not to be a stop string goes out now.
+        if text.startswith(emitted) and len(text) > len(emitted):
+            yield text[len(emitted) :]
+        self._result = self._make_result(text, usage, reason)
 
     def _make_result(self, text: str, usage: Any, reason: str) -> GenerationResult:
-        usage = usage if isinstance(usage, dict) else {}
         text = text.strip()
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
         return GenerationResult(
             text=text,
-            prompt_tokens=int(usage.get("prompt_tokens") or self._prompt.token_count),
-            completion_tokens=int(
-                usage.get("completion_tokens") or self._backend.counter.count(text)
-            ),
+            prompt_tokens=int(prompt_tokens or self._prompt.token_count),
+            completion_tokens=int(completion_tokens or self._backend.counter.count(text)),
             finish_reason="length" if reason == "length" else "stop",
         )
 
 
 class OpenAIGenerator:
     """Sends the same fitted prompt to an OpenAI-compatible ``/v1/chat/completions`` or
-    ``/v1/completions`` endpoint."""
+    ``/v1/completions`` endpoint, with the official ``openai`` SDK."""
 
-    def __init__(self, config: GeneratorConfig, *, client: ServiceClient | None = None) -> None:
+    # Only a connection that was never made is retried: the request did not reach the server.
+    # The SDK's own retries also repeat timeouts and 5xx answers of a POST that may have been
+    # processed, so they are off.
+    connect_retries = 1
+    retry_backoff_s = 0.2
+    connect_timeout_s = 2.0
+
+    def __init__(self, config: GeneratorConfig, *, client: Any = None) -> None:
+        import openai
+
         base = (config.generator_api_base or "").rstrip("/")
         # Servers document their base either with or without /v1; accept both.
         if not base.endswith("/v1"):
             base += "/v1"
-        headers = {}
-        if config.generator_api_key:
-            headers["Authorization"] = f"Bearer {config.generator_api_key.get_secret_value()}"
+        self.base_url = base
         self.read_timeout_s = config.generator_api_timeout_s
-        self.client = client or ServiceClient(
-            "inference server",
-            base,
-            read_timeout_s=self.read_timeout_s,
-            connect_retries=1,
-            headers=headers,
+        key = config.generator_api_key.get_secret_value() if config.generator_api_key else None
+        # Sent with every request: the caller's request id, and no header taken from the
+        # process's OPENAI_* variables (a key for api.openai.com must not reach this server).
+        self._headers: dict[str, Any] = {
+            "OpenAI-Organization": openai.Omit(),
+            "OpenAI-Project": openai.Omit(),
+        }
+        if not key:
+            self._headers["Authorization"] = openai.Omit()
+        # httpx2 logs every request at INFO; the access log already has each one.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+        self.client = client or openai.OpenAI(
+            # The SDK insists on a key; without one configured the header is left out above.
+            api_key=key or "unused",
+            base_url=base,
+            max_retries=0,
+            timeout=openai.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
         )
         self.chat = config.generator_api_mode == "chat"
         # The server applies its model's template to the messages itself.
         self.chat_format: ChatFormat | None = None
-        self.path = "/chat/completions" if self.chat else "/completions"
         self.model_name = config.api_model
         self.description = f"{self.model_name} at {base} ({config.generator_api_mode})"
         self.eos_token = "\n"  # noqa: S105 - a turn separator, not a secret
@@ -290,34 +316,135 @@ class OpenAIGenerator:
         self.context_tokens = config.generator_context_tokens or 4096
 
     def start(self, prompt: Prompt, params: SamplingParams, deadline: float) -> OpenAIGeneration:
-        payload: dict[str, Any] = {
+        request: dict[str, Any] = {
             "model": self.model_name,
             "max_tokens": params.max_new_tokens,
             # Greedy is temperature 0 in this protocol.
             "temperature": params.temperature if params.do_sample else 0.0,
         }
         if params.do_sample:
-            payload["top_p"] = params.top_p
+            request["top_p"] = params.top_p
             if params.seed is not None:
-                payload["seed"] = params.seed
+                request["seed"] = params.seed
+        stop = api_stop(params.stop)
+        if stop:
+            request["stop"] = stop
         if self.chat:
-            payload["messages"] = prompt.messages
+            request["messages"] = prompt.messages
         else:
-            payload["prompt"] = prompt.text
-        return OpenAIGeneration(self, payload, prompt, deadline)
+            request["prompt"] = prompt.text
+        return OpenAIGeneration(self, request, prompt, params.stop, deadline)
+
+    def create(self, request: dict[str, Any], *, stream: bool, deadline: float) -> Any:
+        """Send one completion request; return the SDK's completion, or its stream."""
+        import openai
+
+        api: Any = self.client.chat.completions if self.chat else self.client.completions
+        extra: dict[str, Any] = {"stream": stream}
+        if stream:
+            extra["stream_options"] = {"include_usage": True}
+        for attempt in range(self.connect_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded()
+            read_s = min(remaining, self.read_timeout_s)
+            try:
+                return api.create(
+                    **request,
+                    **extra,
+                    timeout=openai.Timeout(read_s, connect=min(self.connect_timeout_s, read_s)),
+                    extra_headers=self._request_headers(),
+                )
+            except openai.OpenAIError as exc:
+                if attempt < self.connect_retries and _never_connected(exc):
+                    log.warning("%s at %s unreachable; retrying once", SERVICE, self.base_url)
+                    time.sleep(self.retry_backoff_s)
+                    continue
+                raise self.translate(exc, deadline) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _request_headers(self) -> dict[str, Any]:
+        request_id = get_request_id()
+        if request_id:
+            return {**self._headers, REQUEST_ID_HEADER: request_id}
+        return self._headers
+
+    def translate(self, exc: Exception, deadline: float | None = None) -> ServiceError:
+        """Map an SDK error onto the project's error tree (503, 504, 502 or the upstream 4xx)."""
+        import openai
+
+        if isinstance(exc, openai.APIConnectionError):
+            if _never_connected(exc):
+                # Not sent: nothing was done upstream, the server is just not there (503).
+                how = (
+                    "did not accept a connection in time"
+                    if _timed_out(exc)
+                    else "cannot be reached"
+                )
+                return DependencyUnavailable(
+                    f"{SERVICE} at {self.base_url} {how}.", dependency=SERVICE
+                )
+            if isinstance(exc, openai.APITimeoutError):
+                if deadline is not None and time.monotonic() >= deadline - 0.05:
+                    return DeadlineExceeded()
+                return DependencyTimeout(
+                    f"{SERVICE} did not answer within {self.read_timeout_s:g}s.",
+                    dependency=SERVICE,
+                )
+            # Connected, then the connection broke: the server may have done the work.
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
+            return BadGateway(f"The connection to {SERVICE} broke: {cause}.", dependency=SERVICE)
+        if isinstance(exc, openai.APIStatusError):
+            body = exc.body if isinstance(exc.body, dict) else {}
+            message = body.get("message") if isinstance(body.get("message"), str) else None
+            code = body.get("code") if isinstance(body.get("code"), str) else None
+            if exc.status_code >= 500:
+                return BadGateway(
+                    f"{SERVICE} failed with {exc.status_code}: {message or 'no message'}",
+                    dependency=SERVICE,
+                    details={"status": exc.status_code, "code": code},
+                )
+            # A 4xx (429 included) passes through with its status, as the HTTP client does.
+            error = DownstreamError(
+                exc.status_code,
+                code or "downstream_error",
+                message or f"{SERVICE} rejected the request.",
+                body.get("details"),
+            )
+            retry_after = exc.response.headers.get("Retry-After")
+            if retry_after:
+                error.headers["Retry-After"] = retry_after
+            return error
+        # An error event inside a stream, or a body the SDK could not read.
+        return BadGateway(f"{SERVICE} answered with an error: {exc}", dependency=SERVICE)
 
     def check_ready(self) -> dict[str, Any]:
+        import openai
+
         started = time.perf_counter()
         try:
-            self.client.request("GET", "/models", read_timeout_s=5.0).close()
-        except DownstreamError as exc:
-            # A server without /models still answered: it is up.
-            if exc.status != 404:
-                raise
+            self.client.models.list(
+                timeout=openai.Timeout(5.0, connect=self.connect_timeout_s),
+                extra_headers=self._request_headers(),
+            )
+        except openai.NotFoundError:
+            pass  # A server without /models still answered: it is up.
+        except openai.OpenAIError as exc:
+            raise self.translate(exc) from exc
         return {"upstream_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     def close(self) -> None:
         self.client.close()
+
+
+def _never_connected(exc: BaseException) -> bool:
+    # httpx2 (or httpx, when the SDK runs on it) names the failure to open a connection.
+    cause = exc.__cause__
+    return cause is not None and type(cause).__name__ in ("ConnectError", "ConnectTimeout")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return exc.__cause__ is not None and type(exc.__cause__).__name__ == "ConnectTimeout"
 
 
 def _load_on_this_thread(torch_threads: int, name: str, **kwargs: Any) -> LoadedModel:

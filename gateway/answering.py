@@ -312,25 +312,42 @@ class Answerer:
             pieces: list[str] = []
             generated: str | None = None
             began = started
+            # Ranked before the first token: each finished sentence is checked as it arrives.
+            ranking = self._ranking(question, query, sources, term_weights)
+            shown = 0  # sentences of the generated text already sent, each one checked
+            stream = self.generator.stream(self._generation_request(question, sources, history))
             try:
-                for event in self.generator.stream(
-                    self._generation_request(question, sources, history)
-                ):
+                for event in stream:
                     if event.event == "token":
-                        text = str(event.data.get("text", ""))
-                        pieces.append(text)
-                        yield "token", {"text": text}
+                        pieces.append(str(event.data.get("text", "")))
+                        finished = split_sentences("".join(pieces))[:-1]
+                        if len(finished) <= shown:
+                            continue
+                        if not self._holds(finished, question, ranking):
+                            # Set aside: stop writing; the extractive answer comes with done.
+                            generated = "".join(pieces)
+                            break
+                        yield "token", {"text": " ".join(finished[shown:]) + " "}
+                        shown = len(finished)
                     elif event.event == "done":
                         generated = str(event.data.get("answer", "".join(pieces)))
             except ServiceError as exc:
                 log.warning("generator stream failed (%s): answering extractively", exc.message)
                 degraded.append(degraded_reason(exc))
                 generated = None
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
             began = clock.lap("generate", began)
             answer = self._finish(
-                question, query, sources, generated, degraded, clock, began, term_weights
+                question, query, sources, generated, degraded, clock, began, term_weights, ranking
             )
             answer.relevance = score
+            if answer.mode == "generated":
+                rest = split_sentences(answer.text)[shown:]
+                if rest:
+                    yield "token", {"text": " ".join(rest)}
             yield "done", _final(answer)
 
         return sources, events()
@@ -345,11 +362,10 @@ class Answerer:
         clock: _Clock,
         started: float,
         term_weights: dict[str, float] | None = None,
+        ranking: _Ranking | None = None,
     ) -> Answer:
-        context = sources[: self.config.context_snippets]
-        # Grounding and extraction look at the same snippet sentences: embed each once.
-        embed = _EmbeddingMemo(self.retriever)
-        ranked, rank_degraded = self.rank_sentences(question, query, context, embed, term_weights)
+        ranking = ranking or self._ranking(question, query, sources, term_weights)
+        ranked, rank_degraded, embed = ranking
         verdict: dict[str, Any] | None = None
         if generated is not None and generated.strip():
             verdict, grounding_degraded = self.grounding(generated, question, ranked, embed)
@@ -366,6 +382,24 @@ class Answerer:
         return Answer(text, "extractive", sources, degraded, clock.total(), verdict)
 
     # -- grounding and extraction -------------------------------------------------------------
+
+    def _ranking(
+        self,
+        question: str,
+        query: str,
+        sources: Sequence[Source],
+        term_weights: dict[str, float] | None,
+    ) -> _Ranking:
+        context = sources[: self.config.context_snippets]
+        # Grounding and extraction look at the same snippet sentences: embed each once.
+        embed = _EmbeddingMemo(self.retriever)
+        ranked, degraded = self.rank_sentences(question, query, context, embed, term_weights)
+        return _Ranking(ranked, degraded, embed)
+
+    def _holds(self, sentences: Sequence[str], question: str, ranking: _Ranking) -> bool:
+        """Check the finished sentences of a stream so far, as the whole answer will be."""
+        verdict, _ = self.grounding(" ".join(sentences), question, ranking.ranked, ranking.embed)
+        return bool(verdict["supported"])
 
     def grounding(
         self,
@@ -476,6 +510,14 @@ class Answerer:
             question, query or question, sources, embed, term_weights
         )
         return self.quote(ranked), degraded
+
+
+class _Ranking(NamedTuple):
+    """The snippet sentences ranked for a question, and the embeddings already made."""
+
+    ranked: list[SnippetSentence]
+    degraded: list[str]
+    embed: _EmbeddingMemo
 
 
 class _EmbeddingMemo:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from flask import Flask, jsonify, request, send_from_directory
 
+from gateway import openai_compat
 from gateway.answering import Answerer, Turn
 from gateway.clients import GeneratorClient, RetrieverClient
 from gateway.config import GatewayConfig, load_config
@@ -19,6 +20,8 @@ from gateway.openapi import Operation, build_openapi
 from gateway.schemas import (
     AskRequest,
     AskResponse,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
     DeleteResponse,
     DocumentsRequest,
     DocumentsResponse,
@@ -54,6 +57,30 @@ OPERATIONS = [
                 "`token`… and a final `done` carrying the same object as the JSON answer.",
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/AskResponse"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    ),
+    Operation(
+        "post",
+        "/v1/chat/completions",
+        "Answer the last user message from the documents, in the OpenAI Chat Completions shape",
+        "answers",
+        request=ChatCompletionRequest,
+        response=ChatCompletionResponse,
+        errors=(400, 401, 403, 413, 415, 422, 429, 502, 503, 504),
+        auth=True,
+        extra_responses={
+            "200": {
+                "description": "A `chat.completion` whose message is the answer, with `mode`, "
+                "`sources`, `grounding`… as extra fields; with `stream: true`, "
+                "`chat.completion.chunk` data lines (the checked answer in one content delta, "
+                "the extra fields on the chunk with the `finish_reason`) and `data: [DONE]`.",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ChatCompletionResponse"}
+                    },
                     "text/event-stream": {"schema": {"type": "string"}},
                 },
             }
@@ -157,10 +184,13 @@ def create_app(
             **{f"generator_{key}": value for key, value in model.items()},
         )
 
-    @app.post("/v1/ask")
-    def ask() -> Any:
+    def require_ask_key() -> None:
         if ask_keys:
             _check_key([*ask_keys, *([admin_key] if admin_key else [])])
+
+    @app.post("/v1/ask")
+    def ask() -> Any:
+        require_ask_key()
         body = parse_body(AskRequest)
         history = [Turn(t.role, t.text) for t in body.history]
         if not body.stream:
@@ -183,6 +213,30 @@ def create_app(
             except Exception:
                 log.exception("answer stream failed")
                 yield sse_event("error", ServiceError().to_dict(request_id))
+
+        return sse_response(stream())
+
+    @app.post("/v1/chat/completions")
+    def chat_completions() -> Any:
+        require_ask_key()
+        body = parse_body(ChatCompletionRequest)
+        question, history = openai_compat.conversation(body)
+        request_id = get_request_id()
+        if not body.stream:
+            answer = answerer.answer(
+                question, history=history, top_k=body.top_k, collection=body.collection
+            )
+            return jsonify(openai_compat.completion(answer.to_dict(request_id), model=body.model))
+        # Retrieval runs before the stream starts: its errors are ordinary error responses.
+        _, events = answerer.answer_stream(
+            question, history=history, top_k=body.top_k, collection=body.collection
+        )
+
+        def stream() -> Iterator[str]:
+            set_request_id(request_id)
+            yield from openai_compat.completion_chunks(
+                events, model=body.model, include_usage=body.include_usage, request_id=request_id
+            )
 
         return sse_response(stream())
 

@@ -7,7 +7,9 @@ the answer sentence by sentence. A sentence is supported when one snippet senten
 adjacent ones) backs it:
 
 - every number, amount, code, date and name in it occurs in the sentence that backs it most
-  (the *anchor*): the fact and its figures must come from the same place;
+  (the *anchor*), and the facts of each of its clauses occur together in one clause there:
+  "the Halo Pro has a 2-year warranty" is not backed by "the standard Halo has a 2-year
+  warranty and Halo Pro has a 3-year warranty", which holds "Halo Pro" and "2" but apart;
 - most of its content words occur there (``GROUNDING_MIN_OVERLAP``) and it means much the same
   (cosine of the two sentences ≥ ``GROUNDING_MIN_SIMILARITY``);
 - the anchor answers the question: it is among the ``GROUNDING_TOP_SENTENCES`` snippet
@@ -37,6 +39,7 @@ PROMPT_MARKERS = "prompt_markers"
 REPETITION = "repetition"
 ECHOES_QUESTION = "echoes_question"
 MISSING_FACTS = "missing_facts"
+FACTS_APART = "facts_apart"
 LOW_OVERLAP = "low_overlap"
 LOW_SIMILARITY = "low_similarity"
 NOT_AN_ANSWER = "support_does_not_answer"
@@ -61,6 +64,16 @@ _NUMBER_WORDS = {
 }
 _NUMBER_WORDS |= {"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "once": "1"}
 _NUMBER_WORDS |= {"twice": "2", "single": "1", "double": "2", "dozen": "12", "half": "0.5"}
+# Clauses: facts stated together must be found together. Parentheses, separators and the
+# conjunctions that join two statements split them.
+# (Not parentheses: "the Halo Pro (model HT-250) sells for $229" is one statement.)
+_CLAUSE = re.compile(r"[,;:]|\s(?:and|but|or|while|whereas|although|though)\s", re.IGNORECASE)
+# A number with its unit of time or share is one fact: "$34 per year" is not "$34 a month".
+_NUMBER_UNIT = re.compile(
+    r"(\d+(?:[.,]\d+)*)\s*-?\s*(?:(?:per|a|an|each|every|/)\s*)?"
+    r"(second|minute|hour|day|week|month|year|percent|%)s?\b",
+    re.IGNORECASE,
+)
 # Repetition: a phrase of this many words that occurs this often is a loop, not an answer.
 _LOOP_NGRAM = 3
 _LOOP_COUNT = 3
@@ -82,6 +95,7 @@ def facts(text: str, *, skip_first_word: bool = True) -> set[str]:
     """
     found: set[str] = set()
     lowered = text.lower()
+    found |= _number_units(lowered)
     found |= {_number(m) for m in _NUMBER.findall(lowered)}
     found |= {m for m in _CODE.findall(lowered) if not m.isdigit()}
     words = _WORD.findall(text)
@@ -97,10 +111,35 @@ def facts(text: str, *, skip_first_word: bool = True) -> set[str]:
     return found
 
 
+def _number_units(lowered: str) -> set[str]:
+    units = {"%": "percent"}
+    return {
+        f"{_number(number)} {units.get(unit, unit)}"
+        for number, unit in _NUMBER_UNIT.findall(lowered)
+    }
+
+
+def clauses(text: str) -> list[str]:
+    """Split a sentence into the clauses whose facts belong together."""
+    return [c.strip() for c in _CLAUSE.split(text) if c and c.strip()]
+
+
+def _apart(part: str, support: str) -> set[str]:
+    """Return the facts of a clause of ``part`` that no one clause of ``support`` holds."""
+    support_clauses = [_mentions(c) for c in clauses(support)] or [set()]
+    for position, clause in enumerate(clauses(part)):
+        # The answer's first word is only skipped where it starts the sentence.
+        stated = facts(clause, skip_first_word=position == 0)
+        if stated and not any(stated <= held for held in support_clauses):
+            best = max(support_clauses, key=lambda held: len(stated & held))
+            return stated - best
+    return set()
+
+
 def _mentions(text: str) -> set[str]:
     """Return every fact-like token of a snippet sentence: all its words, digits and codes."""
     lowered = text.lower()
-    tokens = {_number(m) for m in _NUMBER.findall(lowered)}
+    tokens = {_number(m) for m in _NUMBER.findall(lowered)} | _number_units(lowered)
     tokens |= set(_CODE.findall(lowered))
     for word in _WORD.findall(lowered):
         plain = word.strip("'’-").removesuffix("'s").removesuffix("’s")
@@ -310,8 +349,11 @@ def _judge(
         similarity=close,
         anchor=anchor,
     )
+    apart = _apart(part, support) if not missing else set()
     if missing:
         result.reason = MISSING_FACTS
+    elif apart:
+        result.reason, result.missing = FACTS_APART, sorted(apart)
     elif overlap < settings.min_overlap:
         result.reason = LOW_OVERLAP
     elif not similar:

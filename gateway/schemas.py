@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from qa_common.validation import CollectionName, MetadataValue, StrictModel, not_blank
 
@@ -86,6 +93,139 @@ class AskResponse(BaseModel):
     )
     grounding: Grounding | None = None
     timings_ms: dict[str, float]
+    request_id: str | None
+
+
+# -- POST /v1/chat/completions: the OpenAI Chat Completions shape ------------------------------
+
+# The OpenAI API takes at most 4 stop sequences.
+MAX_OPENAI_STOP = 4
+
+
+def _number_not_bool(value: object) -> object:
+    # JSON true is not 1.0: with strict mode off for floats, pydantic would take it.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+# Strict mode would refuse an integer like 1 for a float; JSON clients send either.
+Number = Annotated[float, BeforeValidator(_number_not_bool), Field(strict=False)]
+
+
+def _text_parts(value: object) -> object:
+    # The newer content shape, a list of {"type": "text", "text": …} parts, read as one text
+    # (the parts joined by newlines); images and audio are not read.
+    if not isinstance(value, list):
+        return value
+    texts = []
+    for part in value:
+        if not (isinstance(part, dict) and part.get("type") == "text"):
+            raise ValueError("only text parts are supported")
+        if not isinstance(part.get("text"), str):
+            raise ValueError("a text part needs a string text")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _one_or_list(value: object) -> object:
+    # The API takes one stop string or a list of them.
+    return [value] if isinstance(value, str) else value
+
+
+class ChatMessage(StrictModel):
+    """One message; ``developer`` is the newer name of ``system``."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: (
+        Annotated[str, BeforeValidator(_text_parts), StringConstraints(max_length=100_000)] | None
+    ) = Field(None, description='A string, or a list of `{"type": "text", "text"}` parts.')
+    name: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content or ""
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(StrictModel):
+    """The question as the last user message; earlier user/assistant messages are the history.
+
+    System messages are accepted and ignored: the gateway's own instructions hold. ``model``
+    is echoed, the sampling fields and the token bounds are accepted and ignored (the answer
+    must pass the grounding check as written). ``collection`` and ``top_k`` are this API's own.
+    """
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=200)]
+    model: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        None, description="Echoed in the response; the gateway's pipeline answers."
+    )
+    stream: bool = Field(False, description="Answer as `chat.completion.chunk` data lines.")
+    stream_options: StreamOptions | None = None
+    top_k: Annotated[int, Field(ge=1, le=20, description="Sources to retrieve.")] | None = None
+    collection: CollectionName | None = None
+    # Accepted so that OpenAI clients' usual fields are no 422; ignored.
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
+    presence_penalty: Annotated[Number, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[Number, Field(ge=-2.0, le=2.0)] | None = None
+    seed: int | None = None
+    stop: (
+        Annotated[
+            list[Annotated[str, StringConstraints(max_length=256)]],
+            BeforeValidator(_one_or_list),
+            Field(max_length=MAX_OPENAI_STOP),
+        ]
+        | None
+    ) = None
+    # One choice per request; clients that send n send 1.
+    n: Literal[1] | None = None
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: None = None
+    finish_reason: Literal["stop"]
+
+
+class CompletionUsage(BaseModel):
+    """Always zeros: the gateway does not count tokens."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """A ``chat.completion`` whose message is the /v1/ask answer; its facts in extra fields."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage
+    mode: Literal["generated", "extractive", "no_answer"]
+    sources: list[SourceOut]
+    degraded: list[str] | None = None
+    relevance: float | None = None
+    grounding: Grounding | None = None
     request_id: str | None
 
 

@@ -147,7 +147,7 @@ def test_grounding_rejects_a_number_the_snippet_does_not_state() -> None:
     result, _ = ground(answerer(), "The Room Sensor battery typically lasts about 4 years.", [FAQ])
     assert result["supported"] is False
     assert result["reason"] == "missing_facts"
-    assert result["sentences"][0]["missing"] == ["4"]
+    assert result["sentences"][0]["missing"] == ["4", "4 year"]
 
 
 def test_grounding_needs_every_sentence_supported() -> None:

@@ -1,4 +1,8 @@
-"""POST /v1/ask with ``stream: true``: sources, tokens relayed from the generator, then done."""
+"""POST /v1/ask with ``stream: true``: sources, checked sentences of the generated text, done.
+
+Text reaches the client only once the grounding check has passed it, one finished sentence at a
+time: a sentence that fails stops the stream's text, and ``done`` brings the extractive answer.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ def test_stream_of_ungrounded_tokens_ends_extractive(
 ) -> None:
     fake_generator.answer = "I like turtles very much."
     events = stream(gateway)
-    assert "".join(tokens(events)) == "I like turtles very much."
+    # Never shown: it was not supported.
+    assert tokens(events) == []
     done = events[-1][1]
     assert done["mode"] == "extractive"
     assert "$3.49" in done["answer"]
@@ -88,7 +93,8 @@ def test_stream_error_event_mid_stream_ends_extractive(
 ) -> None:
     fake_generator.stream_error_after = 2
     events = stream(gateway)
-    assert len(tokens(events)) == 2
+    # Two words are no finished sentence: nothing was checked, so nothing was shown.
+    assert tokens(events) == []
     assert "error" not in [name for name, _ in events]
     done = events[-1][1]
     assert done["mode"] == "extractive"
@@ -123,7 +129,7 @@ def test_stream_with_generator_stalling_mid_stream_ends_extractive(
     # still finish with the extractive answer, as it does for every other generator failure.
     fake_generator.stream_stall_after = 2
     events = stream(make_gateway(generator_read_timeout_s=0.5).test_client())
-    assert len(tokens(events)) == 2
+    assert tokens(events) == []
     assert "error" not in [name for name, _ in events]
     done = events[-1][1]
     assert done["mode"] == "extractive"
@@ -136,7 +142,7 @@ def test_stream_broken_off_mid_stream_ends_extractive(
 ) -> None:
     fake_generator.stream_abort_after = 3
     events = stream(gateway)
-    assert len(tokens(events)) == 3
+    assert tokens(events) == []
     done = events[-1][1]
     assert done["mode"] == "extractive"
     assert done["degraded"] == ["generator_error"]
@@ -168,3 +174,31 @@ def test_stream_passes_history_and_searches_the_follow_up(
     assert queries[-1] == "What battery does the Room Sensor use? how long does it last?"
     (call,) = fake_generator.calls_to("/v1/generate")
     assert call.body["history"] == history
+
+
+def test_stream_shows_each_sentence_once_it_is_checked(
+    gateway: Any, fake_generator: FakeGenerator
+) -> None:
+    first = "Comfort+ costs $3.49 per month, or $34 per year if you pay annually."
+    second = "Paying yearly works out to roughly 19% less than twelve monthly payments."
+    fake_generator.answer = f"{first} {second}"
+    events = stream(gateway)
+    assert tokens(events) == [f"{first} ", second]
+    assert events[-1][1]["mode"] == "generated"
+    assert "".join(tokens(events)) == events[-1][1]["answer"]
+
+
+def test_stream_stops_showing_text_at_the_first_unsupported_sentence(
+    gateway: Any, fake_generator: FakeGenerator
+) -> None:
+    first = "Comfort+ costs $3.49 per month, or $34 per year if you pay annually."
+    wrong = "It also costs $99 to cancel."
+    fake_generator.answer = f"{first} {wrong} Call us at 555-0199 to sign up today."
+    events = stream(gateway)
+    shown = "".join(tokens(events))
+    # The supported sentence was shown; the wrong one and everything after it never were.
+    assert shown == f"{first} "
+    done = events[-1][1]
+    assert done["mode"] == "extractive"
+    assert done["grounding"]["supported"] is False
+    assert "$99" not in done["answer"]

@@ -26,6 +26,7 @@ from gateway.schemas import (
     DocumentsRequest,
     DocumentsResponse,
     Health,
+    ModelList,
 )
 from qa_common.errors import Forbidden, NotReady, ServiceError, Unauthorized
 from qa_common.request_context import get_request_id, set_request_id
@@ -61,6 +62,15 @@ OPERATIONS = [
                 },
             }
         },
+    ),
+    Operation(
+        "get",
+        "/v1/models",
+        "List the model name OpenAI clients ask for (grounded-qa)",
+        "answers",
+        response=ModelList,
+        errors=(401, 403),
+        auth=True,
     ),
     Operation(
         "post",
@@ -215,6 +225,11 @@ def create_app(
                 yield sse_event("error", ServiceError().to_dict(request_id))
 
         return sse_response(stream())
+
+    @app.get("/v1/models")
+    def list_models() -> Any:
+        require_ask_key()
+        return jsonify(openai_compat.models())
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> Any:

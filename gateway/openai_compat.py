@@ -73,6 +73,14 @@ def conversation(body: ChatCompletionRequest) -> tuple[str, list[Turn]]:
     return question, history
 
 
+def models() -> dict[str, Any]:
+    """List the one model name the gateway answers as (tools list models before they ask)."""
+    return {
+        "object": "list",
+        "data": [{"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "grounded-qa"}],
+    }
+
+
 def new_id() -> str:
     """Return a fresh response id in the API's style."""
     return "chatcmpl-" + uuid.uuid4().hex

@@ -229,6 +229,20 @@ class ChatCompletionResponse(BaseModel):
     request_id: str | None
 
 
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """What OpenAI clients list before they ask: the one model the gateway answers as."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class DocumentIn(StrictModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     text: Annotated[str, StringConstraints(min_length=1)]

@@ -489,3 +489,21 @@ def test_the_openai_sdk_raises_the_projects_errors(make_gateway: Callable[..., F
         assert invalid.value.code == "validation_error"
         assert "messages.0.role" in invalid.value.message
         right.close()
+
+
+def test_the_openai_sdk_lists_the_model_to_ask_for(sdk_client: openai.OpenAI) -> None:
+    # Chat tools list models first, then ask with one of them.
+    (model,) = list(sdk_client.models.list())
+    assert model.id == "grounded-qa"
+    completion = sdk_client.chat.completions.create(
+        model=model.id, messages=[{"role": "user", "content": QUESTION}]
+    )
+    assert completion.model == "grounded-qa"
+
+
+def test_listing_models_needs_an_ask_key(make_gateway: Callable[..., Flask]) -> None:
+    client = make_gateway(api_keys=ASK_KEY).test_client()
+    assert client.get("/v1/models").status_code == 401
+    listed = client.get("/v1/models", headers={"Authorization": f"Bearer {ASK_KEY}"})
+    assert listed.status_code == 200
+    assert listed.get_json()["data"][0]["id"] == "grounded-qa"

@@ -1,10 +1,15 @@
 """Answer quality of the whole pipeline on a BEIR/SQuAD-style dataset (default: XQuAD-en).
 
-    python bench/answer_quality.py [DATASET_DIR] [--generator-url URL] [--write-docs]
+    python bench/answer_quality.py [DATASET_DIR] [--generator smollm2-135m-instruct | URL]
+        [--sample N] [--concurrency 4] [--skip-gate] [--write-docs]
 
 1. Ingests every paragraph into a real retriever (gunicorn, temporary embedded Chroma), asks
-   every question through the gateway, and counts answers that contain the gold answer text,
-   per mode. Without ``--generator-url`` the generator is down, so answers are extractive.
+   every question (or a seeded sample of them) through the gateway, with the generator down
+   (extractive only) and, side by side, with the generator up: a model name starts a real
+   generator under gunicorn (the bundled SmolLM2 by default), a URL uses a running one. Per mode
+   it counts answers, those containing a gold answer text, SQuAD-style token F1, and the share
+   of ``generated`` answers that lack the gold text (the check let a wrong answer through);
+   then ``/v1/ask`` latency p50/p95 at concurrency 1 and 4 with the generator up.
 2. Ingests the paragraphs of half of the articles into a second collection and asks every
    question: those about the other half are out of the corpus and should get ``no_answer``,
    while the in-corpus ones keep their answers. Prints both rates over a range of thresholds,
@@ -18,11 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import re
+import string
 import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -68,6 +78,93 @@ def contains_gold(answer: str, golds: list[str]) -> bool:
     return any(" ".join(g.lower().split()) in text for g in golds)
 
 
+def _squad_tokens(text: str) -> list[str]:
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return text.split()
+
+
+def token_f1(answer: str, golds: list[str]) -> float:
+    """Return the SQuAD token F1 of an answer against its best gold answer."""
+    best = 0.0
+    predicted = _squad_tokens(answer)
+    for gold in golds:
+        expected = _squad_tokens(gold)
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if common:
+            precision, recall = common / len(predicted), common / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def ask_all(
+    gateway: Any, queries: list[dict], collection: str, concurrency: int, desc: str
+) -> list[tuple[dict, float]]:
+    """Ask every question through the gateway app; return (body, ms) in question order."""
+
+    def one(query: dict) -> tuple[dict, float]:
+        started = time.perf_counter()
+        response = gateway.test_client().post(
+            "/v1/ask", json={"question": query["text"], "collection": collection}
+        )
+        body = response.get_json()
+        assert response.status_code == 200, body
+        return body, (time.perf_counter() - started) * 1000
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(tqdm(pool.map(one, queries), total=len(queries), desc=desc, unit="q"))
+
+
+def mode_table(label: str, queries: list[dict], answered: list[tuple[dict, float]]) -> list[str]:
+    """Per-mode counts, gold containment and token F1, and the wrong-generated rate."""
+    modes: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
+    f1: Counter[str] = Counter()
+    for query, (body, _) in zip(queries, answered, strict=True):
+        golds = query["metadata"]["answers"]
+        modes[body["mode"]] += 1
+        hits[body["mode"]] += contains_gold(body["answer"], golds)
+        f1[body["mode"]] += token_f1(body["answer"], golds)
+    total = len(queries)
+    lines = [
+        f"**{label}**",
+        "",
+        "| mode | answers | share of all | contain gold text | token F1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for mode in ("generated", "extractive", "no_answer"):
+        count = modes[mode]
+        rate = f"{hits[mode] / count:.1%}" if count else "–"
+        mean_f1 = f"{f1[mode] / count:.3f}" if count else "–"
+        lines.append(f"| {mode} | {count} | {count / total:.1%} | {rate} | {mean_f1} |")
+    lines.append(
+        f"| **all** | {total} | 100% | **{sum(hits.values()) / total:.1%}** | "
+        f"{sum(f1.values()) / total:.3f} |"
+    )
+    generated = modes["generated"]
+    wrong = generated - hits["generated"]
+    lines += [
+        "",
+        f"Generated and containing the gold text: {hits['generated'] / total:.1%} of all answers"
+        f" (target ≥ 25 %); generated but lacking it: "
+        + (f"{wrong} of {generated} = {wrong / generated:.1%}" if generated else "none")
+        + " (target ≤ 5 %).",
+        "",
+    ]
+    return lines
+
+
+def start_generator(model: str, root: Path) -> ServiceProcess:
+    """Start the real generator under gunicorn with a model name (one worker, as shipped)."""
+    generator = ServiceProcess(
+        "generator_service",
+        env={"GENERATOR_MODEL": model, "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING"},
+        log_path=root / "generator.log",
+    ).start()
+    generator.wait_ready(timeout_s=600)
+    return generator
+
+
 def ingest(client: RetrieverClient, corpus: list[dict], collection: str) -> None:
     docs = [
         {"id": d["_id"], "text": (f"{d['title']}\n\n" if d.get("title") else "") + d["text"]}
@@ -85,13 +182,25 @@ def _cosine_threshold(out_scores: np.ndarray) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", nargs="?", default=str(ROOT.parent / "shared/eval/xquad-en"))
-    parser.add_argument("--generator-url", help="a running generator; default: none (down)")
-    parser.add_argument("--limit", type=int, help="ask only the first N questions")
+    parser.add_argument(
+        "--generator",
+        default="smollm2-135m-instruct",
+        help="a model name to serve (default: the bundled SmolLM2), a running generator's URL, "
+        "or 'none' for the extractive answers only",
+    )
+    parser.add_argument("--sample", type=int, help="ask a seeded random sample of N questions")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--skip-gate", action="store_true", help="skip parts 2 and 3")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     dataset = Path(args.dataset)
     corpus, queries, relevant = load_dataset(dataset)
-    queries = [q for q in queries if q["_id"] in relevant][: args.limit]
+    queries = [q for q in queries if q["_id"] in relevant]
+    if args.sample:
+        queries = sorted(
+            random.Random(args.seed).sample(queries, args.sample), key=lambda q: q["_id"]
+        )
 
     articles = sorted({article(d["_id"]) for d in corpus})
     kept_articles = set(articles[::2])
@@ -108,30 +217,44 @@ def main() -> int:
             client = RetrieverClient(retriever.url)
             ingest(client, corpus, "xquad-full")
             ingest(client, half, "xquad-half")
-            generator_url = args.generator_url or f"http://127.0.0.1:{free_port()}"
+            down_url = f"http://127.0.0.1:{free_port()}"
             config = GatewayConfig(
                 retriever_url=retriever.url,
-                generator_url=generator_url,
+                generator_url=down_url,
                 log_level="WARNING",
                 connect_retries=0,
             )
-            gateway = create_app(config).test_client()
-
-            # 1. Every question against the full corpus.
-            modes: Counter[str] = Counter()
-            hits: Counter[str] = Counter()
-            latencies = []
-            for query in tqdm(queries, desc="ask (full corpus)", unit="q"):
-                started = time.perf_counter()
-                response = gateway.post(
-                    "/v1/ask", json={"question": query["text"], "collection": "xquad-full"}
-                )
-                latencies.append((time.perf_counter() - started) * 1000)
-                body = response.get_json()
-                assert response.status_code == 200, body
-                modes[body["mode"]] += 1
-                if contains_gold(body["answer"], query["metadata"]["answers"]):
-                    hits[body["mode"]] += 1
+            # 1. Every question against the full corpus, generator down, then up.
+            gateway = create_app(config)
+            down = ask_all(gateway, queries, "xquad-full", args.concurrency, "ask, generator down")
+            up: list[tuple[dict, float]] = []
+            latency: dict[int, list[float]] = {}
+            generator: ServiceProcess | None = None
+            if args.generator != "none":
+                if args.generator.startswith("http"):
+                    generator_url = args.generator
+                else:
+                    generator = start_generator(args.generator, Path(chroma_dir))
+                    generator_url = generator.url
+                try:
+                    gateway_up = create_app(
+                        config.model_copy(update={"generator_url": generator_url})
+                    )
+                    up = ask_all(gateway_up, queries, "xquad-full", args.concurrency, "ask, up")
+                    for concurrency in (1, 4):
+                        timed = ask_all(
+                            gateway_up,
+                            queries[:40],
+                            "xquad-full",
+                            concurrency,
+                            f"latency c={concurrency}",
+                        )
+                        latency[concurrency] = [ms for _, ms in timed]
+                finally:
+                    if generator is not None:
+                        generator.stop()
+            if args.skip_gate:
+                raise _SkipGate
 
             # 2. Out-of-corpus detection: each question's relevance on half the corpus.
             def scores(question: str, collection: str) -> tuple[float, float]:
@@ -153,30 +276,53 @@ def main() -> int:
             sample = json.loads(SAMPLE_QUESTIONS.read_text())
             sample_in = [scores(q["question"], "sample") for q in sample["answerable"]]
             sample_out = [scores(q, "sample") for q in sample["unanswerable"]]
+        except _SkipGate:
+            in_scores = out_scores = sample_in = sample_out = []
         finally:
             retriever.stop()
 
     total = len(queries)
     threshold = config.no_answer_min_relevance
     weight = config.no_answer_lexical_weight
-    generator_state = f"at {args.generator_url}" if args.generator_url else "down (extractive only)"
+    asked = f"a seeded sample of {total} (seed {args.seed})" if args.sample else f"all {total}"
     lines = [
-        f"Dataset `{dataset.name}`: {len(corpus)} paragraphs, {total} questions. {machine_line()}",
+        f"Dataset `{dataset.name}`: {len(corpus)} paragraphs, {asked} questions, "
+        f"{args.concurrency} at a time. {machine_line()}",
         "",
         "### Answers containing the gold text (whole corpus ingested)",
         "",
-        f"Generator: {generator_state}; "
-        f"`NO_ANSWER_MIN_RELEVANCE` = {threshold}. Median /v1/ask latency "
-        f"{np.percentile(latencies, 50):.0f} ms (p99 {np.percentile(latencies, 99):.0f} ms).",
+        f"`NO_ANSWER_MIN_RELEVANCE` = {threshold}. Generator up: `{args.generator}` "
+        "(served by the real generator under gunicorn, one worker, float32).",
         "",
-        "| mode | answers | share of all | contain gold text |",
-        "|---|---:|---:|---:|",
+        *mode_table("Generator down (extractive only)", queries, down),
     ]
-    for mode in ("generated", "extractive", "no_answer"):
-        count = modes[mode]
-        rate = f"{hits[mode] / count:.1%}" if count else "–"
-        lines.append(f"| {mode} | {count} | {count / total:.1%} | {rate} |")
-    lines.append(f"| **all** | {total} | 100% | **{sum(hits.values()) / total:.1%}** |")
+    if up:
+        lines += mode_table(f"Generator up ({args.generator})", queries, up)
+        lines += [
+            "| /v1/ask, generator up | p50 ms | p95 ms |",
+            "|---|---:|---:|",
+            *(
+                f"| concurrency {c} ({len(ms)} questions) | {np.percentile(ms, 50):.0f} | "
+                f"{np.percentile(ms, 95):.0f} |"
+                for c, ms in latency.items()
+            ),
+            "",
+        ]
+        reasons = Counter(
+            (body.get("grounding") or {}).get("reason") for body, _ in up if body.get("grounding")
+        )
+        lines += [
+            "Why generated text was set aside (grounding reason: answers): "
+            + ", ".join(f"{r or 'supported'}: {n}" for r, n in reasons.most_common())
+            + ".",
+            "",
+        ]
+    if args.skip_gate:
+        report = "\n".join(lines)
+        print(report)
+        if args.write_docs:
+            write_section("answer-quality", "## Answer quality (gateway)\n\n" + report)
+        return 0
     in_arr, out_arr = np.array(in_scores), np.array(out_scores)
     lines += [
         "",
@@ -216,6 +362,10 @@ def main() -> int:
     if args.write_docs:
         write_section("answer-quality", "## Answer quality (gateway)\n\n" + report)
     return 0
+
+
+class _SkipGate(Exception):
+    """Raised to skip the no-answer parts (``--skip-gate``)."""
 
 
 if __name__ == "__main__":

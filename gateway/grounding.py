@@ -68,10 +68,20 @@ _NUMBER_WORDS |= {"twice": "2", "single": "1", "double": "2", "dozen": "12", "ha
 # conjunctions that join two statements split them.
 # (Not parentheses: "the Halo Pro (model HT-250) sells for $229" is one statement.)
 _CLAUSE = re.compile(r"[,;:]|\s(?:and|but|or|while|whereas|although|though)\s", re.IGNORECASE)
-# A number with its unit of time or share is one fact: "$34 per year" is not "$34 a month".
+# A number with its unit is one fact: "$34 per year" is not "$34 a month", "40 mm" not "40 m".
+_UNITS = {
+    **dict.fromkeys(("second", "minute", "hour", "day", "week", "month", "year")),
+    **dict.fromkeys(("percent", "degree", "°f", "°c", "volt", "watt", "amp")),
+    **dict.fromkeys(("mm", "cm", "km", "meter", "inch", "foot", "ft", "mile")),
+    **dict.fromkeys(("kg", "gram", "lb", "pound", "ounce", "oz", "gb", "mb", "tb", "ghz", "mhz")),
+    "%": "percent",
+    "feet": "foot",
+    "metre": "meter",
+    "inche": "inch",
+}
 _NUMBER_UNIT = re.compile(
     r"(\d+(?:[.,]\d+)*)\s*-?\s*(?:(?:per|a|an|each|every|/)\s*)?"
-    r"(second|minute|hour|day|week|month|year|percent|%)s?\b",
+    r"(%|°[fc]|[a-z]+)",
     re.IGNORECASE,
 )
 # Repetition: a phrase of this many words that occurs this often is a loop, not an answer.
@@ -112,11 +122,12 @@ def facts(text: str, *, skip_first_word: bool = True) -> set[str]:
 
 
 def _number_units(lowered: str) -> set[str]:
-    units = {"%": "percent"}
-    return {
-        f"{_number(number)} {units.get(unit, unit)}"
-        for number, unit in _NUMBER_UNIT.findall(lowered)
-    }
+    found = set()
+    for number, word in _NUMBER_UNIT.findall(lowered):
+        unit = word if word in _UNITS else word.removesuffix("s")
+        if unit in _UNITS:
+            found.add(f"{_number(number)} {_UNITS[unit] or unit}")
+    return found
 
 
 def clauses(text: str) -> list[str]:

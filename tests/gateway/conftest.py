@@ -394,9 +394,12 @@ LIVE_ADMIN_KEY = "live-admin-key-3c4d"
 
 
 class LiveStack:
-    """The real retriever (data/ ingested), the tiny-model generator and the gateway."""
+    """The real retriever (data/ ingested), a generator (the tiny model unless told) and the
+    gateway."""
 
-    def __init__(self, root: Path, tiny_model_dir: Path) -> None:
+    def __init__(
+        self, root: Path, tiny_model_dir: Path | str, generator_env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.retriever = ServiceProcess(
             "retriever_service",
@@ -415,6 +418,7 @@ class LiveStack:
             "GENERATOR_THREADS": "16",
             "HF_HUB_OFFLINE": "1",
             "LOG_LEVEL": "WARNING",
+            **(generator_env or {}),
         }
         self.generator = self._generator()
         self.gateway: ServiceProcess | None = None
@@ -512,6 +516,29 @@ def live_stack(
     """All three services under gunicorn on free ports, data/ ingested; shared by the slow
     tests (a test that kills the generator starts it again)."""
     stack = LiveStack(tmp_path_factory.mktemp("gateway-live"), gateway_tiny_model_dir)
+    try:
+        stack.start()
+        yield stack
+    except BaseException:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def real_model_stack(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path
+) -> Iterator[LiveStack]:
+    """The live stack with the real bundled SmolLM2-135M-Instruct writing the answers."""
+    stack = LiveStack(
+        tmp_path_factory.mktemp("gateway-real-model"),
+        "smollm2-135m-instruct",
+        generator_env={
+            "GENERATOR_MAX_NEW_TOKENS": "64",
+            "GENERATOR_TORCH_THREADS": "2",
+        },
+    )
     try:
         stack.start()
         yield stack

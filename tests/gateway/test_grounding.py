@@ -189,3 +189,9 @@ def test_facts_are_numbers_with_units_codes_and_names() -> None:
         "$2 per year",
         "B is free.",
     ]
+
+
+def test_a_number_keeps_its_unit_of_length_or_share() -> None:
+    assert facts("It has a 40-meter range.") >= {"40", "40 meter"}
+    assert facts("It measures 40 mm.") >= {"40", "40 mm"}
+    assert facts("Mount it 5 feet up; save 30% or 30 percent.") >= {"5 foot", "30 percent"}

@@ -154,6 +154,45 @@ def mode_table(label: str, queries: list[dict], answered: list[tuple[dict, float
     return lines
 
 
+def _support_rank(body: dict) -> int:
+    ranks = [s.get("support_rank") for s in (body.get("grounding") or {}).get("sentences", [])]
+    return max((r for r in ranks if r is not None), default=0)
+
+
+def top_sentences_sweep(
+    queries: list[dict], down: list[tuple[dict, float]], up: list[tuple[dict, float]]
+) -> list[str]:
+    """Report each GROUNDING_TOP_SENTENCES from answers checked without the rank rule."""
+    lines = [
+        "GROUNDING_TOP_SENTENCES, from the same answers (checked without the rank rule; an "
+        "answer whose backing sentence ranks lower is the extractive one):",
+        "",
+        "| top sentences | generated | generated with gold | generated lacking gold "
+        "| all with gold |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    total = len(queries)
+    for top in (1, 2, 3, 4, 5, 64):
+        generated = with_gold = all_gold = 0
+        for query, (up_body, _), (down_body, _) in zip(queries, up, down, strict=True):
+            golds = query["metadata"]["answers"]
+            body = up_body
+            if up_body["mode"] == "generated" and _support_rank(up_body) >= top:
+                body = down_body
+            if body["mode"] == "generated":
+                generated += 1
+                with_gold += contains_gold(body["answer"], golds)
+            all_gold += contains_gold(body["answer"], golds)
+        lacking = generated - with_gold
+        lines.append(
+            f"| {top if top < 64 else 'no rule'} | {generated} ({generated / total:.1%}) | "
+            f"{with_gold / total:.1%} of all | "
+            + (f"{lacking} ({lacking / generated:.1%})" if generated else "–")
+            + f" | {all_gold / total:.1%} |"
+        )
+    return [*lines, ""]
+
+
 def start_generator(model: str, root: Path) -> ServiceProcess:
     """Start the real generator under gunicorn with a model name (one worker, as shipped)."""
     generator = ServiceProcess(
@@ -192,6 +231,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--skip-gate", action="store_true", help="skip parts 2 and 3")
+    parser.add_argument(
+        "--sweep-top-sentences",
+        action="store_true",
+        help="check generated text without the rank rule and report GROUNDING_TOP_SENTENCES "
+        "1..5 from the same answers (the rank rule turns a generated answer into the extractive "
+        "one, which is the generator-down answer)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     dataset = Path(args.dataset)
@@ -237,9 +283,10 @@ def main() -> int:
                     generator = start_generator(args.generator, Path(chroma_dir))
                     generator_url = generator.url
                 try:
-                    gateway_up = create_app(
-                        config.model_copy(update={"generator_url": generator_url})
-                    )
+                    update: dict[str, Any] = {"generator_url": generator_url}
+                    if args.sweep_top_sentences:
+                        update["grounding_top_sentences"] = 64
+                    gateway_up = create_app(config.model_copy(update=update))
                     up = ask_all(gateway_up, queries, "xquad-full", args.concurrency, "ask, up")
                     for concurrency in (1, 4):
                         timed = ask_all(
@@ -308,6 +355,8 @@ def main() -> int:
             ),
             "",
         ]
+        if args.sweep_top_sentences:
+            lines += top_sentences_sweep(queries, down, up)
         reasons = Counter(
             (body.get("grounding") or {}).get("reason") for body, _ in up if body.get("grounding")
         )

@@ -180,6 +180,7 @@ class SentenceCheck:
     overlap: float = 0.0
     similarity: float = 0.0
     anchor: int | None = None  # index of the snippet sentence that backs it most
+    rank: int | None = None  # the extractor's rank of that sentence (0: it would quote it)
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -192,6 +193,7 @@ class SentenceCheck:
             body["reason"] = self.reason
         if self.support is not None:
             body["support"] = self.support
+            body["support_rank"] = self.rank
         if self.missing:
             body["missing"] = sorted(self.missing)
         return body
@@ -359,6 +361,7 @@ def _judge(
         overlap=overlap,
         similarity=close,
         anchor=anchor,
+        rank=sentences[anchor].rank,
     )
     apart = _apart(part, support) if not missing else set()
     if missing:

@@ -60,6 +60,9 @@ class GroundedSentence(BaseModel):
     similarity: float = Field(description="Cosine with the backing snippet sentence.")
     reason: str | None = Field(None, description="Why it is not supported; see Grounding.reason.")
     support: str | None = Field(None, description="The snippet sentence that backs it most.")
+    support_rank: int | None = Field(
+        None, description="How the extractor ranks that sentence for the question (0: first)."
+    )
     missing: list[str] = Field(
         default_factory=list, description="Numbers, codes and names not found in that sentence."
     )

@@ -267,8 +267,11 @@ def main() -> int:
             config = GatewayConfig(
                 retriever_url=retriever.url,
                 generator_url=down_url,
-                log_level="WARNING",
+                log_level="ERROR",
                 connect_retries=0,
+                # A loaded 2-core machine must not turn slow answers into failed ones.
+                retriever_read_timeout_s=60,
+                generator_read_timeout_s=120,
             )
             # 1. Every question against the full corpus, generator down, then up.
             gateway = create_app(config)

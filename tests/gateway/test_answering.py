@@ -291,3 +291,32 @@ def test_extraction_prefers_the_sentence_holding_the_questions_rare_words() -> N
         question, [codes]
     )
     assert unweighted in set(codes.text.replace("- ", "").split("\n"))
+
+
+def test_a_follow_up_picks_the_sentence_for_its_own_words(embedder) -> None:
+    class RealEmbed:
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            return [list(map(float, v)) for v in embedder.encode(list(texts))]
+
+    config = GatewayConfig(retriever_url="http://unused", generator_url="http://unused")
+    a = Answerer(RealEmbed(), None, config)  # type: ignore[arg-type]
+    price = source(
+        "How much does the Household plan cost?\nThe Household plan costs $5.99 per month or "
+        "$59 per year. A single subscription covers every home on your account.",
+        score=0.8,
+        doc="faq-004",
+    )
+    sharing = source(
+        "What is the Household plan?\nThe Household plan is a subscription for people who look "
+        "after more than one property. It includes every Comfort+ feature for up to 3 homes and "
+        "lets up to 6 people share control.",
+        score=0.7,
+        doc="faq-003",
+    )
+    follow_up = "and can I share it with my family?"
+    searched_with = f"How much does the Household plan cost? {follow_up}"
+    text, _ = a.extract(follow_up, [price, sharing], query=searched_with)
+    assert "share control" in text
+    # Read as one question, the price sentence wins: that was the old answer.
+    old, _ = a.extract(searched_with, [price, sharing])
+    assert "$5.99" in old

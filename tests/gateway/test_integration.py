@@ -98,6 +98,21 @@ def test_follow_up_finds_the_previous_topic(live_stack: LiveStack) -> None:
     assert follow_up["mode"] != "no_answer"
 
 
+def test_a_follow_up_is_answered_by_its_own_words(live_stack: LiveStack) -> None:
+    # Searched with the question before it, but the sentence is picked for what it asks now:
+    # sharing, not the price again.
+    first = ask(live_stack.url, "How much does the Household plan cost?")
+    assert "$5.99" in first["answer"]
+    history = [
+        {"role": "user", "text": "How much does the Household plan cost?"},
+        {"role": "assistant", "text": first["answer"]},
+    ]
+    follow_up = ask(live_stack.url, "and can I share it with my family?", history=history)
+    assert follow_up["mode"] == "extractive", follow_up  # the tiny model's text is never backed
+    assert "share" in follow_up["answer"].lower(), follow_up["answer"]
+    assert "$5.99" not in follow_up["answer"]
+
+
 def test_streaming_end_to_end(live_stack: LiveStack) -> None:
     with requests.post(
         f"{live_stack.url}/v1/ask",

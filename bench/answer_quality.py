@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import machine_line, write_section  # noqa: E402
-from gateway.answering import Source, relevance  # noqa: E402
+from gateway.answering import Source, gate_settings  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
+from gateway.gate import relevance  # noqa: E402
 from qa_common.process import ServiceProcess, free_port  # noqa: E402
 from retriever_service.client import RetrieverClient  # noqa: E402
 from retriever_service.ingest import IngestSummary, collect  # noqa: E402
@@ -308,12 +309,20 @@ def main() -> int:
 
             # 2. Out-of-corpus detection: each question's relevance on half the corpus.
             def scores(question: str, collection: str) -> tuple[float, float]:
-                hits = client.search(question, top_k=3, collection=collection)["results"]
+                found = client.search(question, top_k=3, collection=collection)
+                hits = found["results"]
                 sources = [
                     Source(h["document_id"], h["chunk_id"], h["text"], h["score"], {}) for h in hits
                 ]
                 cosine = sources[0].score if sources else -1.0
-                return relevance(question, sources, config.no_answer_lexical_weight), cosine
+                score = relevance(
+                    question,
+                    sources,
+                    found.get("query_terms"),
+                    found.get("collection_chunks"),
+                    gate_settings(config),
+                )
+                return score, cosine
 
             in_scores, out_scores = [], []
             for query in tqdm(queries, desc="search (half corpus)", unit="q"):

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gateway import grounding
+from gateway import gate, grounding
 from gateway.clients import GeneratorClient, RetrieverClient
 from gateway.config import GatewayConfig
 from gateway.grounding import GroundingSettings, SnippetSentence
@@ -50,8 +50,6 @@ _SOURCE_WEIGHT = 0.3
 # The best sentence is followed by the next one unless it is this long already: answers often
 # span two sentences ("They beat the Steelers. Then they beat the Patriots, 20-18.").
 _FOLLOWING_SENTENCE_MAX_WORDS = 40
-# Snippets whose words count towards a question's relevance.
-_RELEVANCE_SNIPPETS = 3
 # A question is read as a follow-up only if this share of its own content words occurs in the
 # snippets found with the previous question in front.
 _FOLLOW_UP_MIN_OWN_WORDS = 0.5
@@ -108,14 +106,16 @@ class Answer:
         return body
 
 
-def relevance(question: str, sources: Sequence[Source], lexical_weight: float) -> float:
-    """Score how well the top snippets cover a question: cosine plus shared content words."""
-    if not sources:
-        return -1.0
-    words = content_words(question)
-    shared = max(overlap(words, content_words(s.text)) for s in sources[:_RELEVANCE_SNIPPETS])
-    # Hybrid search does not order by cosine: take the best cosine, wherever it ranks.
-    return max(s.score for s in sources) + lexical_weight * shared
+def gate_settings(config: GatewayConfig) -> gate.GateSettings:
+    """Return the no-answer gate the configuration asks for."""
+    return gate.GateSettings(
+        lexical_weight=config.no_answer_lexical_weight,
+        min_relevance=config.no_answer_min_relevance,
+        idf_weighted=config.no_answer_idf_weighted,
+        rare_min_idf=0.0 if config.no_answer_missing_name_penalty else None,
+        missing_rare_penalty=config.no_answer_missing_name_penalty,
+        rare_names_only=True,
+    )
 
 
 def contextual_question(question: str, history: Sequence[Turn]) -> str:
@@ -161,6 +161,14 @@ class Retrieved(NamedTuple):
     term_weights: dict[str, float]
 
 
+class _Found(NamedTuple):
+    """One search's sources and what the retriever said about the query's terms."""
+
+    sources: list[Source]
+    query_terms: list[dict[str, Any]]
+    collection_chunks: int | None
+
+
 @dataclass(frozen=True)
 class _Retrieval:
     """What answering a question starts from: the sources and how relevant they are."""
@@ -180,12 +188,11 @@ class Answerer:
         self.retriever = retriever
         self.generator = generator
         self.config = config
+        self.gate = gate_settings(config)
 
     # -- retrieval ----------------------------------------------------------------------------
 
-    def _search(
-        self, query: str, top_k: int, collection: str | None
-    ) -> tuple[list[Source], dict[str, float]]:
+    def _search(self, query: str, top_k: int, collection: str | None) -> _Found:
         response = self.retriever.search(query, top_k, collection)
         sources = [
             Source(
@@ -197,7 +204,13 @@ class Answerer:
             )
             for hit in response["results"]
         ]
-        return sources, term_weights(response.get("query_terms"))
+        return _Found(sources, response.get("query_terms") or [], response.get("collection_chunks"))
+
+    def relevance(self, question: str, found: _Found) -> float:
+        """Score how well the found snippets cover the question (``gateway/gate.py``)."""
+        return gate.relevance(
+            question, found.sources, found.query_terms, found.collection_chunks, self.gate
+        )
 
     def retrieve(
         self, question: str, history: Sequence[Turn], top_k: int, collection: str | None = None
@@ -211,22 +224,23 @@ class Answerer:
         question about batteries is a new topic, not a follow-up, whatever the battery snippets
         score.
         """
-        weight = self.config.no_answer_lexical_weight
-        sources, weights = self._search(question, top_k, collection)
-        score = relevance(question, sources, weight)
+        found = self._search(question, top_k, collection)
+        score = self.relevance(question, found)
+        own = Retrieved(found.sources, score, question, term_weights(found.query_terms))
         contextual = contextual_question(question, history)
         if contextual == question:
-            return Retrieved(sources, score, question, weights)
-        contextual_sources, contextual_weights = self._search(contextual, top_k, collection)
+            return own
+        read_after = self._search(contextual, top_k, collection)
         own_words = content_words(question)
-        found = set().union(
-            *(content_words(s.text) for s in contextual_sources[:_RELEVANCE_SNIPPETS])
+        covered = set().union(
+            *(content_words(s.text) for s in read_after.sources[: gate.RELEVANCE_SNIPPETS])
         )
-        is_follow_up = overlap(own_words, found) >= _FOLLOW_UP_MIN_OWN_WORDS
-        contextual_score = relevance(contextual, contextual_sources, weight)
+        is_follow_up = overlap(own_words, covered) >= _FOLLOW_UP_MIN_OWN_WORDS
+        contextual_score = self.relevance(contextual, read_after)
         if is_follow_up and contextual_score > score:
-            return Retrieved(contextual_sources, contextual_score, contextual, contextual_weights)
-        return Retrieved(sources, score, question, weights)
+            weights = term_weights(read_after.query_terms)
+            return Retrieved(read_after.sources, contextual_score, contextual, weights)
+        return own
 
     # -- answering ----------------------------------------------------------------------------
 

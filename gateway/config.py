@@ -27,7 +27,11 @@ class GatewayConfig(ServiceSettings):
     context_snippets: int = Field(3, ge=1, le=20)
     max_history_turns: int = Field(20, ge=0, le=200)
     no_answer_min_relevance: float = Field(0.52, ge=-1, le=2)
-    no_answer_lexical_weight: float = Field(0.4, ge=0, le=1)
+    no_answer_lexical_weight: float = Field(0.4, ge=0, le=2)
+    # Measured alternatives (docs/benchmarks.md, no-answer gate): IDF-weighted word share, and
+    # a penalty when a name in the question is in none of the top snippets.
+    no_answer_idf_weighted: bool = False
+    no_answer_missing_name_penalty: float = Field(0.0, ge=0, le=2)
     grounding_min_overlap: float = Field(0.6, ge=0, le=1)
     grounding_min_similarity: float = Field(0.5, ge=-1, le=1)
     grounding_top_sentences: int = Field(3, ge=1, le=64)

@@ -13,9 +13,10 @@ from gateway.answering import (
     Turn,
     contextual_question,
     degraded_reason,
-    relevance,
+    gate_settings,
 )
 from gateway.config import GatewayConfig
+from gateway.gate import relevance as gate_relevance
 from qa_common.errors import (
     BadGateway,
     DependencyTimeout,
@@ -184,11 +185,32 @@ def test_contextual_question_prefixes_the_last_user_turn() -> None:
     assert contextual_question("hi", [Turn("assistant", "Hello")]) == "hi"
 
 
+def relevance(question: str, sources: list[Source], config: GatewayConfig | None = None) -> float:
+    config = config or GatewayConfig(retriever_url="http://unused", generator_url="http://unused")
+    return gate_relevance(question, sources, None, None, gate_settings(config))
+
+
 def test_relevance_is_score_plus_weighted_word_share() -> None:
     sources = [source("Comfort+ costs $3.49 per month.", score=0.3)]
-    assert relevance("Comfort+ cost per month", sources, 0.4) == pytest.approx(0.7)
-    assert relevance("world cup final", sources, 0.4) == pytest.approx(0.3)
-    assert relevance("anything", [], 0.4) == -1.0
+    assert relevance("Comfort+ cost per month", sources) == pytest.approx(0.7)
+    assert relevance("world cup final", sources) == pytest.approx(0.3)
+    assert relevance("anything", []) == -1.0
+
+
+def test_the_measured_gate_variants_are_settings() -> None:
+    config = GatewayConfig(
+        retriever_url="http://unused",
+        generator_url="http://unused",
+        no_answer_idf_weighted=True,
+        no_answer_missing_name_penalty=0.1,
+    )
+    settings = gate_settings(config)
+    assert settings.idf_weighted is True
+    assert settings.missing_rare_penalty == 0.1
+    assert settings.rare_names_only is True
+    # Off by default: the gate measured before issue 9.
+    default = gate_settings(GatewayConfig(retriever_url="http://u", generator_url="http://u"))
+    assert (default.idf_weighted, default.rare_min_idf) == (False, None)
 
 
 class SearchStub(EmbedStub):
@@ -232,7 +254,7 @@ def test_follow_up_is_read_with_the_previous_question() -> None:
     assert stub.queries == [question, f"{previous} {question}"]
     assert [s.document_id for s in sources] == ["faq-004", "faq-003"]
     assert query == f"{previous} {question}"
-    assert score == pytest.approx(relevance(query, sources, a.config.no_answer_lexical_weight))
+    assert score == pytest.approx(relevance(query, sources, a.config))
 
 
 def test_new_topic_after_history_is_not_read_as_a_follow_up() -> None:

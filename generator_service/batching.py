@@ -166,11 +166,32 @@ class GenerationHandle:
                 raise payload
 
     def result(self) -> GenerationResult:
-        """Wait for the whole answer."""
-        for _ in self.stream():
-            pass
-        assert self._result is not None
-        return self._result
+        """Wait for the whole answer.
+
+        The same result as draining ``stream``, but the answer is decoded once at the end rather
+        than once per token: a waiting request thread then wakes for each token only to store
+        it, and takes no time from the batching loop's thread (the GIL) while the batch runs.
+        """
+        while True:
+            remaining = self.deadline - time.monotonic()
+            try:
+                kind, payload = self._events.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                self.cancel()
+                raise DeadlineExceeded() from None
+            if kind == "token":
+                self._token_ids.append(payload)
+            elif kind == "done":
+                reason, self._completion_tokens = payload
+                self._result = GenerationResult(
+                    text=self._text().strip(),
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=self._completion_tokens,
+                    finish_reason=reason,
+                )
+                return self._result
+            else:
+                raise payload
 
     @property
     def final(self) -> GenerationResult | None:

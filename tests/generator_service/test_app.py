@@ -73,6 +73,18 @@ def test_generate_answers_with_the_contract_fields(client: FlaskClient) -> None:
     assert body["history_used"] == 1
 
 
+def test_min_new_tokens_writes_exactly_that_many(make_app) -> None:
+    # The generator benchmark compares like with like: every answer exactly N tokens long.
+    client = make_app(generator_stop=[]).test_client()
+    body = {**BODY, "max_new_tokens": 9, "min_new_tokens": 9}
+    reply = client.post("/v1/generate", json=body).get_json()
+    assert (reply["completion_tokens"], reply["finish_reason"]) == (9, "length")
+    # More than max_new_tokens is held to max_new_tokens.
+    capped = client.post("/v1/generate", json={**BODY, "max_new_tokens": 4, "min_new_tokens": 5})
+    assert capped.status_code == 200
+    assert capped.get_json()["completion_tokens"] == 4
+
+
 def test_greedy_answers_are_repeatable(client: FlaskClient) -> None:
     first = client.post("/v1/generate", json=BODY).get_json()
     second = client.post("/v1/generate", json=BODY).get_json()

@@ -365,3 +365,41 @@ def test_the_stream_holds_back_a_possible_stop_string_until_it_is_decided() -> N
         assert "Question"[:3] not in shown.split("Quick.")[-1], shown
     assert handle.final is not None
     assert shown.strip() == handle.final.text == "Yes. Quick."
+
+
+def test_result_decodes_once_and_equals_the_drained_stream() -> None:
+    text = "  Yes. Quick. Question: no"
+    calls = []
+
+    def decode_chars(ids: list[int]) -> str:
+        calls.append(len(ids))
+        return "".join(map(chr, ids))
+
+    def handle_with_events() -> GenerationHandle:
+        handle = GenerationHandle(3, time.monotonic() + 5, decode_chars, stop=("Question:",))
+        for char in text:
+            handle._push("token", ord(char))
+        handle._push("done", ("stop", len(text)))
+        return handle
+
+    streamed = handle_with_events()
+    shown = "".join(streamed.stream())
+    calls.clear()
+    waited = handle_with_events()
+    result = waited.result()
+    assert calls == [len(text)]  # one decode of the whole answer, none per token
+    assert result == streamed.final
+    assert result.text == shown.strip() == "Yes. Quick."
+    assert waited.final == result
+
+
+def test_result_raises_the_loops_error_and_the_deadline() -> None:
+    failed = GenerationHandle(1, time.monotonic() + 5, lambda ids: "")
+    failed._push("token", 1)
+    failed._push("error", GenerationFailed("boom"))
+    with pytest.raises(GenerationFailed):
+        failed.result()
+    late = GenerationHandle(1, time.monotonic() + 0.05, lambda ids: "")
+    with pytest.raises(DeadlineExceeded):
+        late.result()
+    assert late.cancelled

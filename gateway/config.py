@@ -34,7 +34,7 @@ class GatewayConfig(ServiceSettings):
     no_answer_missing_name_penalty: float = Field(0.0, ge=0, le=2)
     grounding_min_overlap: float = Field(0.6, ge=0, le=1)
     grounding_min_similarity: float = Field(0.5, ge=-1, le=1)
-    grounding_top_sentences: int = Field(3, ge=1, le=64)
+    grounding_top_sentences: int = Field(2, ge=1, le=64)
     extractive_max_sentences: int = Field(2, ge=1, le=10)
     extractive_lexical_weight: float = Field(0.5, ge=0, le=5)
 

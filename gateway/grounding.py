@@ -229,7 +229,7 @@ class Verdict:
 class GroundingSettings:
     min_overlap: float = 0.6
     min_similarity: float = 0.5
-    top_sentences: int = 3
+    top_sentences: int = 2
 
 
 def degeneration(answer: str, question: str) -> str | None:

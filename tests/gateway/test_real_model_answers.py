@@ -98,8 +98,10 @@ def test_generated_answers_state_the_documents_facts(real_model_stack: LiveStack
         "the gold fact\n" + "\n".join(lines) + "\n"
     )
     assert wrong == [], "\n".join(wrong)
-    # The model is in the loop: some of its answers pass the check.
-    assert generated >= 3, REPORT.read_text()
+    # The model is in the loop: it answered every question in time, and the check let some of
+    # its answers through.
+    assert not any(body.get("degraded") for body in bodies), REPORT.read_text()
+    assert generated >= 1, REPORT.read_text()
 
 
 def test_the_trials_wrong_answers_are_never_shown_as_generated(

@@ -127,14 +127,15 @@ def test_streaming_end_to_end(live_stack: LiveStack) -> None:
     names = [name for name, _ in events]
     assert names[0] == "sources", names
     assert names[-1] == "done", names
-    assert "token" in names  # the tiny model's tokens were relayed as they came
-    assert set(names[1:-1]) == {"token"}
     done = events[-1][1]
     AskResponse.model_validate(done)
     assert done["request_id"] == "it-stream-1"
-    assert done["mode"] in {"generated", "extractive"}
     assert "faq-016" in [s["document_id"] for s in done["sources"][:3]]
-    assert "CR2477" in done["answer"] or done["mode"] == "generated"
+    # The tiny model's random text never passes the check, so none of it was ever sent: only
+    # checked sentences travel as tokens, and the answer is the quote.
+    assert names == ["sources", "done"], names
+    assert done["mode"] == "extractive"
+    assert "CR2477" in done["answer"]
 
 
 def test_generator_killed_then_restarted(live_stack: LiveStack) -> None:

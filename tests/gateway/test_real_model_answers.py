@@ -123,3 +123,25 @@ def test_the_trials_wrong_answers_are_never_shown_as_generated(
         if body["mode"] == "extractive":
             assert body["grounding"]["supported"] is False
             assert body["grounding"]["reason"], body["grounding"]
+
+
+def test_a_streamed_real_answer_shows_only_checked_sentences(real_model_stack: LiveStack) -> None:
+    from tests.gateway.conftest import parse_events
+
+    response = requests.post(
+        f"{real_model_stack.url}/v1/ask",
+        json={"question": "How much does the Household plan cost?", "stream": True},
+        timeout=180,
+    )
+    assert response.status_code == 200, response.text
+    events = parse_events(response.text)
+    done = events[-1][1]
+    shown = "".join(data["text"] for name, data in events if name == "token")
+    if done["mode"] == "generated":
+        assert shown == done["answer"]
+    # Whatever was shown passed the check: each of its numbers, codes and names is in a source.
+    sources_text = " ".join(source["text"] for source in done["sources"]).lower()
+    for fact in facts(shown):
+        assert fact.split()[0] in sources_text, (fact, shown)
+    assert "Question:" not in shown
+    assert "<|im_end|>" not in shown

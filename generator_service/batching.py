@@ -124,6 +124,27 @@ class GenerationHandle:
     def _text(self) -> str:
         return cut_at_stop(self._decode(self._token_ids), self.stop).lstrip()
 
+    def _next_event(self) -> tuple[str, Any]:
+        """Wait for the loop's next event: a token, or done; raise its error or the deadline."""
+        try:
+            kind, payload = self._events.get(timeout=max(0.0, self.deadline - time.monotonic()))
+        except queue.Empty:
+            self.cancel()
+            raise DeadlineExceeded() from None
+        if kind not in ("token", "done"):
+            raise payload
+        return kind, payload
+
+    def _finish(self, payload: tuple[str, int]) -> GenerationResult:
+        reason, self._completion_tokens = payload
+        self._result = GenerationResult(
+            text=self._text().strip(),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self._completion_tokens,
+            finish_reason=reason,
+        )
+        return self._result
+
     def stream(self) -> Iterator[str]:
         """Yield the answer's text as it is produced; leading whitespace is dropped.
 
@@ -132,38 +153,23 @@ class GenerationHandle:
         """
         emitted = ""
         while True:
-            remaining = self.deadline - time.monotonic()
-            try:
-                kind, payload = self._events.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                self.cancel()
-                raise DeadlineExceeded() from None
-            if kind == "token":
-                self._token_ids.append(payload)
-                text = self._text()
-                if self.stop:
-                    text = text[: len(text) - held_back(text, self.stop)]
-                # A byte-level BPE token can end inside a UTF-8 character: wait for the rest.
-                if text.endswith("\ufffd") or not text.startswith(emitted):
-                    continue
-                piece, emitted = text[len(emitted) :], text
-                if piece:
-                    yield piece
-            elif kind == "done":
-                reason, self._completion_tokens = payload
-                text = self._text().strip()
-                self._result = GenerationResult(
-                    text=text,
-                    prompt_tokens=self.prompt_tokens,
-                    completion_tokens=self._completion_tokens,
-                    finish_reason=reason,
-                )
+            kind, payload = self._next_event()
+            if kind == "done":
+                text = self._finish(payload).text
                 # Whatever was held back (an unfinished character) goes out now.
                 if text.startswith(emitted) and len(text) > len(emitted):
                     yield text[len(emitted) :]
                 return
-            else:
-                raise payload
+            self._token_ids.append(payload)
+            text = self._text()
+            if self.stop:
+                text = text[: len(text) - held_back(text, self.stop)]
+            # A byte-level BPE token can end inside a UTF-8 character: wait for the rest.
+            if text.endswith("\ufffd") or not text.startswith(emitted):
+                continue
+            piece, emitted = text[len(emitted) :], text
+            if piece:
+                yield piece
 
     def result(self) -> GenerationResult:
         """Wait for the whole answer.
@@ -173,25 +179,10 @@ class GenerationHandle:
         it, and takes no time from the batching loop's thread (the GIL) while the batch runs.
         """
         while True:
-            remaining = self.deadline - time.monotonic()
-            try:
-                kind, payload = self._events.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                self.cancel()
-                raise DeadlineExceeded() from None
-            if kind == "token":
-                self._token_ids.append(payload)
-            elif kind == "done":
-                reason, self._completion_tokens = payload
-                self._result = GenerationResult(
-                    text=self._text().strip(),
-                    prompt_tokens=self.prompt_tokens,
-                    completion_tokens=self._completion_tokens,
-                    finish_reason=reason,
-                )
-                return self._result
-            else:
-                raise payload
+            kind, payload = self._next_event()
+            if kind == "done":
+                return self._finish(payload)
+            self._token_ids.append(payload)
 
     @property
     def final(self) -> GenerationResult | None:

@@ -295,24 +295,33 @@ def create_app(
     return app
 
 
-def _openai_stream_response(
-    kind: openai_api.Kind, generation: Generation, model_name: str, include_usage: bool
-) -> Response:
-    """Answer as the OpenAI API streams: ``data:`` chunks, then ``data: [DONE]``."""
+def _started_stream(generation: Generation) -> Iterator[str]:
+    """Return the generation's pieces once the first one is in.
+
+    Waiting for it here means a failure before any text (deadline, upstream down) is still an
+    ordinary JSON error with its status rather than an event in a 200.
+    """
     pieces = generation.stream()
-    # As in _stream_response: a failure before any text is still a JSON error with its status.
     try:
         first = list(itertools.islice(pieces, 1))
     except BaseException:
         generation.cancel()
         raise
+    return itertools.chain(first, pieces)
+
+
+def _openai_stream_response(
+    kind: openai_api.Kind, generation: Generation, model_name: str, include_usage: bool
+) -> Response:
+    """Answer as the OpenAI API streams: ``data:`` chunks, then ``data: [DONE]``."""
+    pieces = _started_stream(generation)
     request_id = get_request_id()
 
     def events() -> Iterator[str]:
         try:
             yield from openai_api.stream_events(
                 kind,
-                itertools.chain(first, pieces),
+                pieces,
                 lambda: generation.final,
                 model=model_name,
                 include_usage=include_usage,
@@ -329,19 +338,12 @@ def _stream_response(
     generation: Generation, model_name: str, started: float, fitted: dict[str, Any]
 ) -> Response:
     """Answer as ``text/event-stream``: ``token`` events, then ``done`` (or ``error``)."""
-    pieces = generation.stream()
-    # Wait for the first piece here, so that a failure before any text (deadline, upstream
-    # down) is still an ordinary JSON error with its status rather than an event in a 200.
-    try:
-        first = list(itertools.islice(pieces, 1))
-    except BaseException:
-        generation.cancel()
-        raise
+    pieces = _started_stream(generation)
     request_id = get_request_id()
 
     def events() -> Iterator[str]:
         try:
-            for piece in itertools.chain(first, pieces):
+            for piece in pieces:
                 yield sse_event("token", {"text": piece})
             result = generation.final
             assert result is not None

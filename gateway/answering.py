@@ -28,6 +28,7 @@ from gateway.clients import GeneratorClient, RetrieverClient
 from gateway.config import GatewayConfig
 from gateway.grounding import GroundingSettings, SnippetSentence
 from gateway.text import content_words, overlap, split_sentences, term_weights, weighted_overlap
+from qa_common.answer_texts import DECLINE_TEXT, NO_ANSWER_TEXT, is_decline
 from qa_common.errors import (
     DependencyError,
     DependencyTimeout,
@@ -38,10 +39,6 @@ from qa_common.errors import (
 
 log = logging.getLogger(__name__)
 
-NO_ANSWER_TEXT = (
-    "I could not find this in the documents. The closest passages are listed below, "
-    "but none of them answers the question."
-)
 # Snippet sentences considered for an extractive answer, at most.
 _MAX_CANDIDATE_SENTENCES = 64
 # How much the retrieval score of the sentence's snippet adds to a sentence's semantic
@@ -244,6 +241,29 @@ class Answerer:
 
     # -- answering ----------------------------------------------------------------------------
 
+    def context(
+        self,
+        question: str,
+        *,
+        history: Sequence[Turn] = (),
+        top_k: int | None = None,
+        collection: str | None = None,
+    ) -> dict[str, Any]:
+        """Retrieve as /v1/ask does and return what the generator would be sent, unsent."""
+        found = self._begin(question, history, top_k, collection)
+        sources, score, query, _ = found.retrieved
+        return {
+            "question": question,
+            "query": query,
+            "relevance": round(score, 4),
+            "answerable": score >= self.config.no_answer_min_relevance,
+            "generation": self._generation_request(question, sources, found.history),
+            "sources": [s.to_dict() for s in sources],
+            "no_answer_text": NO_ANSWER_TEXT,
+            "decline_text": DECLINE_TEXT,
+            "timings_ms": {k: round(v, 2) for k, v in found.clock.total().items()},
+        }
+
     def _generation_request(
         self, question: str, sources: Sequence[Source], history: Sequence[Turn]
     ) -> dict[str, Any]:
@@ -378,6 +398,10 @@ class Answerer:
         term_weights: dict[str, float] | None = None,
         ranking: _Ranking | None = None,
     ) -> Answer:
+        if generated is not None and self.config.honor_generator_decline and is_decline(generated):
+            # A model fine-tuned to decline (generator_service.finetune) says so in these words.
+            clock.lap("ground", started)
+            return Answer(NO_ANSWER_TEXT, "no_answer", sources, degraded, clock.total(), _DECLINED)
         ranking = ranking or self._ranking(question, query, sources, term_weights)
         ranked, rank_degraded, embed = ranking
         verdict: dict[str, Any] | None = None
@@ -547,6 +571,16 @@ class _EmbeddingMemo:
             for text, vector in zip(missing, self._retriever.embed(missing), strict=True):
                 self._vectors[text] = np.asarray(vector, dtype=np.float32)
         return np.stack([self._vectors[t] for t in texts])
+
+
+# The grounding report of an answer the generator declined to give.
+_DECLINED: dict[str, Any] = {
+    "supported": False,
+    "reason": "declined",
+    "overlap": 0.0,
+    "similarity": 0.0,
+    "sentences": [],
+}
 
 
 def _is_statement(sentence: str) -> bool:

@@ -22,6 +22,8 @@ from gateway.schemas import (
     AskResponse,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ContextRequest,
+    ContextResponse,
     DeleteResponse,
     DocumentsRequest,
     DocumentsResponse,
@@ -62,6 +64,16 @@ OPERATIONS = [
                 },
             }
         },
+    ),
+    Operation(
+        "post",
+        "/v1/context",
+        "Retrieve as /v1/ask would, and return what the generator would be sent (no answer)",
+        "answers",
+        request=ContextRequest,
+        response=ContextResponse,
+        errors=(400, 401, 403, 413, 415, 422, 429, 502, 503, 504),
+        auth=True,
     ),
     Operation(
         "get",
@@ -225,6 +237,16 @@ def create_app(
                 yield sse_event("error", ServiceError().to_dict(request_id))
 
         return sse_response(stream())
+
+    @app.post("/v1/context")
+    def context() -> Any:
+        require_ask_key()
+        body = parse_body(ContextRequest)
+        history = [Turn(t.role, t.text) for t in body.history]
+        found = answerer.context(
+            body.question, history=history, top_k=body.top_k, collection=body.collection
+        )
+        return jsonify({**found, "request_id": get_request_id()})
 
     @app.get("/v1/models")
     def list_models() -> Any:

@@ -35,6 +35,9 @@ class GatewayConfig(ServiceSettings):
     grounding_min_overlap: float = Field(0.6, ge=0, le=1)
     grounding_min_similarity: float = Field(0.5, ge=-1, le=1)
     grounding_top_sentences: int = Field(2, ge=1, le=64)
+    # A generated answer that is the service's decline sentence (what a fine-tuned model
+    # writes when its snippets do not answer) becomes a no_answer.
+    honor_generator_decline: bool = True
     extractive_max_sentences: int = Field(2, ge=1, le=10)
     extractive_lexical_weight: float = Field(0.5, ge=0, le=5)
 

@@ -75,7 +75,8 @@ class Grounding(BaseModel):
     reason: str | None = Field(
         description="Why the generated text was set aside: empty, prompt_markers, repetition, "
         "echoes_question, missing_facts, low_overlap, low_similarity, support_does_not_answer, "
-        "no_support; null when supported."
+        "no_support; declined when the model wrote the decline sentence (the answer is then "
+        "no_answer); null when supported."
     )
     overlap: float = Field(description="Lowest share of a sentence's content words backed.")
     similarity: float = Field(description="Lowest cosine of a sentence with its backing.")
@@ -95,6 +96,49 @@ class AskResponse(BaseModel):
         None, description="How well the best snippets cover the question (see NO_ANSWER_*)."
     )
     grounding: Grounding | None = None
+    timings_ms: dict[str, float]
+    request_id: str | None
+
+
+class ContextRequest(StrictModel):
+    """A question whose retrieval runs as /v1/ask's would, without generating an answer."""
+
+    question: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_QUESTION_CHARS),
+        Field(description="The question, in plain words.", examples=["How much is Comfort+?"]),
+    ]
+    top_k: Annotated[int, Field(ge=1, le=20, description="Sources to retrieve.")] | None = None
+    history: Annotated[list[HistoryTurn], Field(max_length=50)] = Field(default_factory=list)
+    collection: CollectionName | None = None
+
+    _blank = field_validator("question")(not_blank)
+
+
+class GenerationInput(BaseModel):
+    """The body /v1/ask would send to the generator for this question."""
+
+    question: str
+    snippets: list[str] = Field(description="The snippets the generator is given, in order.")
+    history: list[HistoryTurn]
+
+
+class ContextResponse(BaseModel):
+    """What /v1/ask would start from; fine-tuning builds its training prompts from it."""
+
+    question: str
+    query: str = Field(
+        description="What was searched: the question, or a follow-up read in "
+        "context of the previous question."
+    )
+    relevance: float = Field(description="The no-answer gate's relevance (see NO_ANSWER_*).")
+    answerable: bool = Field(description="False when /v1/ask would answer no_answer outright.")
+    generation: GenerationInput
+    sources: list[SourceOut]
+    no_answer_text: str
+    decline_text: str = Field(
+        description="The sentence a model writes to decline; /v1/ask reads it as no_answer."
+    )
     timings_ms: dict[str, float]
     request_id: str | None
 

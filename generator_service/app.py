@@ -17,12 +17,12 @@ from generator_service.batching import SamplingParams
 from generator_service.config import GeneratorConfig, load_config
 from generator_service.errors import ModelNotLoaded
 from generator_service.generators import Generation, Generator, build_generator
+from generator_service.pipeline import generator_prompt_builder, sampling_params
 from generator_service.prompt import (
     Prompt,
     PromptBuilder,
     PromptTemplate,
     Turn,
-    choose_template,
 )
 from generator_service.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from qa_common.errors import ServiceError, ValidationFailed
@@ -92,23 +92,15 @@ def _sampling_params(config: GeneratorConfig, body: GenerateRequest) -> Sampling
             f"max_new_tokens may be at most {config.generator_max_new_tokens_cap}.",
             details=[{"field": "max_new_tokens", "message": "above the configured cap"}],
         )
-    do_sample = body.do_sample
-    if do_sample is None:
-        do_sample = config.generator_do_sample or body.temperature is not None
-        do_sample = do_sample or body.top_p is not None
-    return SamplingParams(
+    return sampling_params(
+        config,
         max_new_tokens=max_new,
-        min_new_tokens=min(
-            config.generator_min_new_tokens if body.min_new_tokens is None else body.min_new_tokens,
-            max_new,
-        ),
-        do_sample=do_sample,
-        temperature=body.temperature or config.generator_temperature,
-        top_p=body.top_p or config.generator_top_p,
-        no_repeat_ngram_size=config.generator_no_repeat_ngram_size,
-        repetition_penalty=config.generator_repetition_penalty,
+        min_new_tokens=body.min_new_tokens,
+        do_sample=body.do_sample,
+        temperature=body.temperature,
+        top_p=body.top_p,
         seed=body.seed,
-        stop=tuple(dict.fromkeys([*config.generator_stop, *body.stop])),
+        stop=body.stop,
     )
 
 
@@ -146,17 +138,8 @@ def create_app(
     try:
         if generator is None:
             generator = build_generator(config)
-        chat_format = getattr(generator, "chat_format", None)
-        template = choose_template(config.generator_prompt_template, chat_format is not None)
-        builder = PromptBuilder(
-            template,
-            generator.counter,
-            context_tokens=generator.context_tokens,
-            eos_token=generator.eos_token,
-            max_snippets=config.generator_max_snippets,
-            max_history_turns=config.generator_max_history_turns,
-            chat_format=chat_format,
-        )
+        builder = generator_prompt_builder(generator, config)
+        template = builder.template
         log.info(
             "generator ready to serve: %s, prompt template %s",
             getattr(generator, "description", "?"),

@@ -20,7 +20,13 @@ from generator_service.batching import (
 )
 from generator_service.config import GeneratorConfig
 from generator_service.errors import DeadlineExceeded, ModelNotLoaded
-from generator_service.model import CharTokenCounter, HFTokenCounter, LoadedModel, load_model
+from generator_service.model import (
+    CharTokenCounter,
+    HFTokenCounter,
+    LoadedModel,
+    chat_formatter,
+    load_model,
+)
 from generator_service.openai_api import api_stop
 from generator_service.prompt import ChatFormat, Prompt, TokenCounter
 from qa_common.errors import (
@@ -105,9 +111,7 @@ class LocalGenerator:
         self.counter = HFTokenCounter(loaded.tokenizer)
         self.description = loaded.description
         self.origin = loaded.origin
-        self.chat_format: ChatFormat | None = (
-            self._apply_chat_template if loaded.has_chat_template else None
-        )
+        self.chat_format: ChatFormat | None = chat_formatter(loaded.tokenizer)
         self.engine = BatchingEngine(
             loaded.model,
             eos_token_id=loaded.eos_token_id,
@@ -121,13 +125,6 @@ class LocalGenerator:
         )
         self.engine.start(model_thread)
         self._model_thread = model_thread
-
-    def _apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return str(
-            self.loaded.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        )
 
     def _decode(self, token_ids: list[int]) -> str:
         return self.loaded.tokenizer.decode(token_ids, skip_special_tokens=True)

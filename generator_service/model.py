@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,20 @@ class LoadedModel:
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def chat_formatter(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | None:
+    """Return the tokenizer's own chat template as a function of messages, if it has one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages: list[dict[str, str]]) -> str:
+        rendered = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    return render
 
 
 # Turn markers of the common chat templates (ChatML, Llama 3, Phi, Gemma, Mistral): the end of

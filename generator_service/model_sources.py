@@ -88,8 +88,24 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> ModelSource:
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory without a model (no config.json)")
-        return ModelSource(str(local), name)
+        return ModelSource(str(local), name, origin=_finetuned_from(local))
     return ModelSource(name, name)
+
+
+# Written by generator_service.finetune into the models it makes.
+FINETUNE_RECORD = "finetune.json"
+
+
+def _finetuned_from(directory: Path) -> str | None:
+    """Name what a fine-tuned model directory was made from, for /readyz and answers."""
+    try:
+        record = json.loads((directory / FINETUNE_RECORD).read_text())
+        base = record["base"]["name"]
+        method = record["settings"]["method"]
+        created = record["created"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return f"fine-tuned from {base} ({method}, {created})"
 
 
 def _file_digest(path: Path) -> str:

@@ -123,22 +123,16 @@ def load_1min() -> float:
 
 def service_prompt_builder(loaded: Any) -> Any:
     """The prompt builder the service makes for this model (template ``auto``)."""
-    from generator_service.model import HFTokenCounter
-    from generator_service.prompt import PromptBuilder, choose_template
+    from generator_service.config import load_config
+    from generator_service.model import HFTokenCounter, chat_formatter
+    from generator_service.pipeline import prompt_builder
 
-    def chat_format(messages: list[dict[str, str]]) -> str:
-        return str(
-            loaded.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        )
-
-    return PromptBuilder(
-        choose_template("auto", loaded.has_chat_template),
-        HFTokenCounter(loaded.tokenizer),
+    return prompt_builder(
+        load_config(generator_prompt_template="auto"),
+        counter=HFTokenCounter(loaded.tokenizer),
         context_tokens=loaded.context_tokens,
         eos_token=loaded.eos_token,
-        chat_format=chat_format if loaded.has_chat_template else None,
+        chat_format=chat_formatter(loaded.tokenizer),
     )
 
 

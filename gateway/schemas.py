@@ -25,8 +25,8 @@ class HistoryTurn(StrictModel):
     text: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
 
 
-class AskRequest(StrictModel):
-    """A question, with optional conversation history."""
+class ContextRequest(StrictModel):
+    """A question, with optional conversation history: what /v1/ask and /v1/context read."""
 
     question: Annotated[
         str,
@@ -35,10 +35,15 @@ class AskRequest(StrictModel):
     ]
     top_k: Annotated[int, Field(ge=1, le=20, description="Sources to retrieve.")] | None = None
     history: Annotated[list[HistoryTurn], Field(max_length=50)] = Field(default_factory=list)
-    stream: bool = Field(False, description="Answer as text/event-stream.")
     collection: CollectionName | None = None
 
     _blank = field_validator("question")(not_blank)
+
+
+class AskRequest(ContextRequest):
+    """A question, with optional conversation history."""
+
+    stream: bool = Field(False, description="Answer as text/event-stream.")
 
 
 class SourceOut(BaseModel):
@@ -98,21 +103,6 @@ class AskResponse(BaseModel):
     grounding: Grounding | None = None
     timings_ms: dict[str, float]
     request_id: str | None
-
-
-class ContextRequest(StrictModel):
-    """A question whose retrieval runs as /v1/ask's would, without generating an answer."""
-
-    question: Annotated[
-        str,
-        StringConstraints(min_length=1, max_length=MAX_QUESTION_CHARS),
-        Field(description="The question, in plain words.", examples=["How much is Comfort+?"]),
-    ]
-    top_k: Annotated[int, Field(ge=1, le=20, description="Sources to retrieve.")] | None = None
-    history: Annotated[list[HistoryTurn], Field(max_length=50)] = Field(default_factory=list)
-    collection: CollectionName | None = None
-
-    _blank = field_validator("question")(not_blank)
 
 
 class GenerationInput(BaseModel):

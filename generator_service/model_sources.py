@@ -108,7 +108,8 @@ def _finetuned_from(directory: Path) -> str | None:
     return f"fine-tuned from {base} ({method}, {created})"
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """Return the sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -118,7 +119,7 @@ def _file_digest(path: Path) -> str:
 
 def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
     """Return a safetensors directory made from ``gguf_path``, converting it the first time."""
-    digest = _file_digest(gguf_path)
+    digest = file_digest(gguf_path)
     target = cache_dir / f"{gguf_path.stem}-{digest[:16]}"
     if (target / _COMPLETE_MARKER).is_file():
         return target

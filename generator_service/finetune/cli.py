@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from generator_service.finetune.data import SUFFIXES, DataError, file_digest, read_records
+from generator_service.finetune.data import SUFFIXES, DataError, read_records
+from generator_service.model_sources import file_digest
 
 log = logging.getLogger("generator_service.finetune")
 
@@ -208,6 +209,8 @@ def _base_record(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune as the arguments say; return the run's record."""
+    from tqdm.auto import tqdm
+
     from generator_service.config import load_config
     from generator_service.finetune import contexts, examples, output, train
     from generator_service.finetune.evaluate import evaluate
@@ -246,9 +249,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise FinetuneError(str(exc)) from None
 
     client = contexts.GatewayContextClient(args.gateway, args.api_key) if args.gateway else None
-    grounded = contexts.ground_records(
-        records, client, top_k=args.top_k, collection=args.collection
-    )
+    asking = sum(1 for r in records if not r.context) if client else 0
+    quiet = not asking or args.no_progress
+    with tqdm(total=asking, desc="snippets from the gateway", unit="q", disable=quiet) as bar:
+        grounded = contexts.ground_records(
+            records,
+            client,
+            top_k=args.top_k,
+            collection=args.collection,
+            on_progress=lambda: bar.update(1),
+        )
     refusals = contexts.refusal_snippets(grounded, args.refusal_share, args.seed)
     made = examples.build_examples(grounded, refusals)
     train_examples, held_out = examples.split_examples(made, args.eval_share, args.seed)

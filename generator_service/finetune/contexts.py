@@ -82,8 +82,8 @@ def ground_records(
             grounded.append(
                 Grounded(record, snippets, documents, "gateway", bool(found.get("answerable")))
             )
-        if on_progress is not None:
-            on_progress()
+            if on_progress is not None:
+                on_progress()
     return grounded
 
 

@@ -39,15 +39,6 @@ class QARecord:
     row: int
 
 
-def file_digest(path: Path) -> str:
-    """Return the sha256 of a file's bytes (model cards list the data they were trained on)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_records(paths: list[Path]) -> list[QARecord]:
     """Read every file; raise ``DataError`` at the first bad file, row or duplicate id."""
     records: list[QARecord] = []

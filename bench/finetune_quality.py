@@ -95,6 +95,10 @@ def data_figures(
     }
 
 
+def _declined(body: dict) -> bool:
+    return (body.get("grounding") or {}).get("reason") == "declined"
+
+
 def measure(
     model: str,
     root: Path,
@@ -107,6 +111,24 @@ def measure(
     try:
         gateway = create_app(config.model_copy(update={"generator_url": generator.url}))
         xquad = ask_all(gateway, questions["xquad"], "xquad-full", concurrency, f"{model}: xquad")
+        # What a declined answer would have been with HONOR_GENERATOR_DECLINE=false: the
+        # extractive answer, which is what a gateway without a generator gives.
+        extractive = create_app(config.model_copy(update={"generator_url": "http://127.0.0.1:9"}))
+        declined = [i for i, (body, _) in enumerate(xquad) if _declined(body)]
+        redone = (
+            ask_all(
+                extractive,
+                [questions["xquad"][i] for i in declined],
+                "xquad-full",
+                concurrency,
+                f"{model}: declined, extractive",
+            )
+            if declined
+            else []
+        )
+        ignoring = list(xquad)
+        for index, answer in zip(declined, redone, strict=True):
+            ignoring[index] = answer
         outside = ask_all(
             gateway, questions["outside"], "xquad-half", concurrency, f"{model}: out of corpus"
         )
@@ -119,17 +141,23 @@ def measure(
     return {
         "model": model,
         "xquad": xquad_figures(questions["xquad"], xquad),
+        "xquad_declines_ignored": xquad_figures(questions["xquad"], ignoring),
         "outside": {
             "questions": len(outside),
             "refused": sum(body["mode"] == "no_answer" for body, _ in outside),
             "generated": sum(body["mode"] == "generated" for body, _ in outside),
         },
         "data": data_figures(questions["data"], data_up, off_up),
-        "declined": sum(
-            (body.get("grounding") or {}).get("reason") == "declined"
-            for body, _ in [*xquad, *outside, *data_up]
-        ),
+        "declined": sum(_declined(body) for body, _ in [*xquad, *outside, *data_up]),
     }
+
+
+def _ignoring(result: dict[str, Any]) -> str:
+    figures = result["xquad_declines_ignored"]
+    return (
+        f"{result['label']}: all with gold {_share(figures['gold'], figures['questions'])}, "
+        f"token F1 {figures['f1']:.3f}"
+    )
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, card: dict[str, Any]) -> str:
@@ -170,6 +198,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, card: dict[s
             f"{d['generated']} ({d['generated_correct']}) | "
             f"{_share(d['off_topic_refused'], d['off_topic'])} | {result['declined']} |"
         )
+    lines += [
+        "",
+        "With `HONOR_GENERATOR_DECLINE=false` (a declined answer replaced by the extractive one): "
+        + "; ".join(_ignoring(r) for r in results)
+        + ".",
+    ]
     before, after = results[0]["xquad"], results[-1]["xquad"]
     ratio = (
         f"{after['generated_gold'] / before['generated_gold']:.2f}×"

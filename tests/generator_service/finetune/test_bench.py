@@ -52,6 +52,8 @@ def test_data_figures_and_the_rendered_target() -> None:
         {"label": "base", "xquad": xquad, "outside": outside, "data": figures, "declined": 0},
         {"label": "tuned", "xquad": better, "outside": outside, "data": figures, "declined": 2},
     ]
+    for result in results:
+        result["xquad_declines_ignored"] = result["xquad"]
     card = {
         "settings": {
             "method": "lora",
@@ -67,3 +69,4 @@ def test_data_figures_and_the_rendered_target() -> None:
     assert "(1.50×)" in text
     assert "≤ 5 % (25.0%)" in text
     assert "| tuned | 40.0% | 30.0% | 1 of 4 (25.0%) | 80.0% |" in text
+    assert "tuned: all with gold 80.0%, token F1 0.500" in text

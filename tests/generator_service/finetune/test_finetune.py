@@ -100,13 +100,17 @@ def test_the_output_serves_through_the_generator(finetuned: Path) -> None:
 
     app = create_app(load_config(generator_model=str(finetuned)))
     client = app.test_client()
-    ready = client.get("/readyz").get_json()
+    try:
+        ready = client.get("/readyz").get_json()
+        (first,) = faq_records(1)
+        answer = client.post(
+            "/v1/generate", json={"question": first["question"], "snippets": first["context"]}
+        ).get_json()
+    finally:
+        # The batching loop runs on the model's own executor thread, which exit would wait for.
+        app.extensions["generator"].close()
     assert ready["model"] == str(finetuned)
     assert ready["model_origin"].startswith("fine-tuned from ")
-    (first,) = faq_records(1)
-    answer = client.post(
-        "/v1/generate", json={"question": first["question"], "snippets": first["context"]}
-    ).get_json()
     assert answer["model"] == str(finetuned)
     assert contains(answer["answer"], str(first["answer"]))
 

@@ -55,13 +55,18 @@ def test_lora_on_the_bundled_model_trains_in_its_chat_template_and_serves(
     assert record["training"]["steps"] == 3
     assert set(record["evaluation"]) == {"before", "after"}
 
-    client = create_app(load_config(generator_model=str(out))).test_client()
-    ready = client.get("/readyz").get_json()
+    app = create_app(load_config(generator_model=str(out)))
+    client = app.test_client()
+    try:
+        ready = client.get("/readyz").get_json()
+        answer = client.post(
+            "/v1/generate",
+            json={"question": "What is E3?", "snippets": ["E3 means a wiring mismatch."]},
+        ).get_json()
+    finally:
+        # The batching loop runs on the model's own executor thread, which exit would wait for.
+        app.extensions["generator"].close()
     assert ready["template"] == "chat"
     assert ready["model_origin"].startswith("fine-tuned from smollm2-135m-instruct (lora")
-    answer = client.post(
-        "/v1/generate",
-        json={"question": "What is E3?", "snippets": ["E3 means a wiring mismatch."]},
-    ).get_json()
     assert answer["answer"].strip()
     assert "<|im_end|>" not in answer["answer"]

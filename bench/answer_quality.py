@@ -74,6 +74,11 @@ def article(corpus_id: str) -> str:
     return corpus_id.split("__p")[0]
 
 
+def stored_articles(corpus: list[dict]) -> set[str]:
+    """Return the articles of the stored half (every other one, in name order)."""
+    return set(sorted({article(d["_id"]) for d in corpus})[::2])
+
+
 def contains_gold(answer: str, golds: list[str]) -> bool:
     text = " ".join(answer.lower().split())
     return any(" ".join(g.lower().split()) in text for g in golds)
@@ -249,8 +254,8 @@ def main() -> int:
             random.Random(args.seed).sample(queries, args.sample), key=lambda q: q["_id"]
         )
 
-    articles = sorted({article(d["_id"]) for d in corpus})
-    kept_articles = set(articles[::2])
+    kept_articles = stored_articles(corpus)
+    article_count = len({article(d["_id"]) for d in corpus})
     half = [d for d in corpus if article(d["_id"]) in kept_articles]
 
     with tempfile.TemporaryDirectory() as chroma_dir:
@@ -389,7 +394,7 @@ def main() -> int:
         "",
         "### Choosing the no-answer threshold (half of the articles ingested)",
         "",
-        f"{len(kept_articles)} of {len(articles)} articles ingested; {len(in_arr)} questions are "
+        f"{len(kept_articles)} of {article_count} articles ingested; {len(in_arr)} questions are "
         f"about them, {len(out_arr)} about the others. A question gets `no_answer` when its "
         f"relevance is below the threshold; relevance = best cosine + {weight} × share of the "
         "question's content words found in the top 3 snippets. The bare cosine is shown for "

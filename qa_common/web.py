@@ -212,7 +212,8 @@ def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) ->
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error: RequestEntityTooLarge) -> Response:
-        limit = app.config.get("MAX_CONTENT_LENGTH")
+        # A route may set its own limit (uploads); report the one that applied.
+        limit = request.max_content_length
         return error_response(PayloadTooLarge(f"The request body exceeds {limit} bytes."))
 
     @app.errorhandler(HTTPException)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from qa_common.errors import NotReady, ValidationFailed
 from qa_common.web import (
@@ -21,10 +21,20 @@ from qa_common.web import (
 from retriever_service.chunking import Chunker
 from retriever_service.config import RetrieverConfig, load_config
 from retriever_service.embedder import Embedder, load_embedder
+from retriever_service.file_ingest import FileResult, ingest_file, upload_name
 from retriever_service.knowledge_base import DocumentInput, KnowledgeBase, SearchSettings
 from retriever_service.lexical import LexicalIndex
 from retriever_service.lexical_sync import LexicalSync
-from retriever_service.schemas import CollectionQuery, EmbedRequest, IngestRequest, SearchRequest
+from retriever_service.parsing.model import Segment
+from retriever_service.parsing.sandbox import FileParser
+from retriever_service.schemas import (
+    CollectionQuery,
+    DocumentListQuery,
+    EmbedRequest,
+    IngestRequest,
+    SearchRequest,
+    UploadForm,
+)
 from retriever_service.store import ChromaStore, CollectionSpec, VectorStore
 
 log = logging.getLogger(__name__)
@@ -111,6 +121,9 @@ def create_app(
         load_error = f"{type(exc).__name__}: {exc}"
         log.exception("could not load the embedding model; /readyz will say why")
     app.extensions["knowledge_base"] = kb
+    # Parser processes start on the first upload, not here: most replicas never parse a file.
+    file_parser = FileParser(config.parse_limits, workers=config.parse_workers)
+    app.extensions["file_parser"] = file_parser
     if kb is not None and config.search_mode != "dense" and config.lexical_warm_up:
         # Load the default collection's lexical index now, not in the first search: a full
         # reconcile takes ~40 s at 100k chunks, and lexical searches wait for it.
@@ -147,7 +160,14 @@ def create_app(
         started = time.perf_counter()
         outcomes = knowledge_base().ingest(
             [
-                DocumentInput(text=d.text, id=d.id, metadata=dict(d.metadata))
+                DocumentInput(
+                    text=d.text,
+                    id=d.id,
+                    metadata=dict(d.metadata),
+                    segments=tuple(
+                        Segment(s.start, s.end, s.page, s.section) for s in d.segments or []
+                    ),
+                )
                 for d in body.documents
             ],
             body.collection,
@@ -160,6 +180,45 @@ def create_app(
             unchanged=sum(o.status == "unchanged" for o in outcomes),
             results=[{"id": o.id, "status": o.status, "chunks": o.chunks} for o in outcomes],
             collection=knowledge_base().collection(body.collection),
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    @app.get("/v1/documents")
+    def list_documents() -> Any:
+        query = parse_query(DocumentListQuery)
+        return jsonify(
+            knowledge_base().list_documents(
+                query.collection, limit=query.limit, offset=query.offset
+            )
+        )
+
+    @app.post("/v1/files")
+    def upload_files() -> Any:
+        request.max_content_length = config.max_upload_bytes
+        uploads = request.files.getlist("file")
+        form = validate(UploadForm, request.form.to_dict(), "form")
+        if not uploads:
+            raise ValidationFailed(
+                "Send one or more files as multipart/form-data parts named 'file'.",
+                details=[{"field": "file", "message": "no file"}],
+            )
+        kb = knowledge_base()
+        started = time.perf_counter()
+        results = []
+        for upload in uploads:
+            name = upload_name(upload.filename)
+            if name is None:
+                results.append(
+                    FileResult(
+                        upload.filename or "",
+                        error={"code": "bad_name", "message": "the file has no usable name"},
+                    )
+                )
+                continue
+            results.append(ingest_file(kb, file_parser, name, upload.read(), form.collection))
+        return jsonify(
+            files=[r.as_dict() for r in results],
+            collection=kb.collection(form.collection),
             took_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from qa_common.http_client import ServiceClient
 
@@ -33,6 +34,19 @@ class RetrieverClient(ServiceClient):
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         params = {"collection": collection} if collection else None
         return self.request_json("GET", "/v1/stats", params=params)
+
+    def list_documents(
+        self, collection: str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if collection:
+            params["collection"] = collection
+        return self.request_json("GET", "/v1/documents", params=params)
+
+    def delete_document(self, document_id: str, collection: str | None = None) -> dict[str, Any]:
+        params = {"collection": collection} if collection else None
+        path = "/v1/documents/" + quote(document_id, safe="")
+        return self.request_json("DELETE", path, params=params)
 
     def delete_collection(self, name: str) -> dict[str, Any]:
         return self.request_json("DELETE", f"/v1/collections/{name}")

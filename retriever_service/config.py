@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from qa_common.config import ServiceSettings, load_settings
+from retriever_service.parsing.limits import ParseLimits
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -48,11 +49,31 @@ class RetrieverConfig(ServiceSettings):
     max_documents_per_request: int = Field(1000, ge=1, le=100_000)
     max_text_chars: int = Field(2_000_000, ge=1000)
 
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest file upload accepted (413 above)."
+    )
+    max_pdf_pages: int = Field(2000, ge=1)
+    max_unzipped_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_compression_ratio: float = Field(100.0, ge=2.0)
+    parse_timeout_s: float = Field(60.0, gt=0)
+    parse_memory_mb: int = Field(2048, ge=256)
+    parse_workers: int = Field(1, ge=1, le=32)
+
     @model_validator(mode="after")
     def _overlap_fits(self) -> RetrieverConfig:
         if self.chunk_max_tokens is not None and self.chunk_overlap_tokens >= self.chunk_max_tokens:
             raise ValueError("CHUNK_OVERLAP_TOKENS must be smaller than CHUNK_MAX_TOKENS")
         return self
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            max_pages=self.max_pdf_pages,
+            max_unzipped_bytes=self.max_unzipped_bytes,
+            max_compression_ratio=self.max_compression_ratio,
+            timeout_s=self.parse_timeout_s,
+            memory_mb=self.parse_memory_mb,
+        )
 
     @property
     def uses_chroma_server(self) -> bool:

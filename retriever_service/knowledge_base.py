@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -23,16 +24,18 @@ from retriever_service.chunk_keys import (
     CONTENT_HASH,
     DOCUMENT_ID,
     END,
+    INGESTED_AT,
     POSITION,
     RESERVED_PREFIX,
     START,
 )
-from retriever_service.chunking import Chunker, chunk_id
+from retriever_service.chunking import Chunk, Chunker, chunk_id
 from retriever_service.embedder import Embedder
 from retriever_service.errors import DocumentNotFound
 from retriever_service.fusion import Fusion, fuse
 from retriever_service.lexical import query_terms
 from retriever_service.lexical_sync import LexicalSync, lexical_chunks
+from retriever_service.parsing.model import Segment
 from retriever_service.store import Metadata, StoredChunk, VectorStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class DocumentInput:
     text: str
     id: str | None = None
     metadata: Metadata = field(default_factory=dict)
+    # Spans of ``text`` with the page and section each comes from; chunks never cross a page.
+    segments: tuple[Segment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,19 +113,14 @@ class SearchResult:
     collection_chunks: int | None = None
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A chunk considered for a search result, with its cosine similarity to the query."""
-
-    chunk_id: str
-    text: str
-    metadata: Metadata
-    cosine: float
-
-
 def default_document_id(text: str) -> str:
     """Return the id a document gets when none is given: a hash of its text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _iso_time(seconds: object) -> str:
+    moment = datetime.fromtimestamp(float(seconds), tz=UTC)  # type: ignore[arg-type]
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _user_metadata(metadata: Metadata) -> Metadata:
@@ -154,16 +154,16 @@ class KnowledgeBase:
 
     def content_hash(self, document: DocumentInput) -> str:
         """Hash what determines a document's chunks and vectors: text, metadata, settings."""
-        material = json.dumps(
-            {
-                "text": document.text,
-                "metadata": document.metadata,
-                "chunker": self.chunker.signature,
-                "model": self.embedder.model_name,
-            },
-            sort_keys=True,
-            ensure_ascii=False,
-        )
+        fields: dict[str, Any] = {
+            "text": document.text,
+            "metadata": document.metadata,
+            "chunker": self.chunker.signature,
+            "model": self.embedder.model_name,
+        }
+        if document.segments:
+            # Only when present, so that documents stored before segments existed stay unchanged.
+            fields["segments"] = [[s.start, s.end, s.page, s.section] for s in document.segments]
+        material = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
     # -- ingestion ----------------------------------------------------------------------------
@@ -235,29 +235,33 @@ class KnowledgeBase:
         new_chunks: list[StoredChunk] = []
         texts: list[str] = []
         chunk_counts: dict[int, int] = {}
+        ingested_at = round(time.time(), 3)
         for i in indexes:
             doc = documents[i]
-            pieces = self.chunker.split(doc.text)
+            pieces = self._pieces(doc)
             if not pieces:
                 raise ValidationFailed(
                     f"Document {ids[i]!r} has no text to index.",
                     details=[{"field": f"documents.{i}.text", "message": "no text"}],
                 )
             chunk_counts[i] = len(pieces)
-            for piece in pieces:
+            for position, (piece, origin) in enumerate(pieces):
                 metadata: Metadata = {
                     **doc.metadata,
                     DOCUMENT_ID: ids[i],
-                    POSITION: piece.position,
+                    POSITION: position,
                     CHUNK_COUNT: len(pieces),
                     CONTENT_HASH: hashes[i],
                     START: piece.start,
                     END: piece.end,
+                    INGESTED_AT: ingested_at,
                 }
+                if origin is not None and origin.page is not None:
+                    metadata["page"] = origin.page
+                if origin is not None and origin.section:
+                    metadata["section"] = origin.section
                 new_chunks.append(
-                    StoredChunk(
-                        id=chunk_id(ids[i], piece.position), text=piece.text, metadata=metadata
-                    )
+                    StoredChunk(id=chunk_id(ids[i], position), text=piece.text, metadata=metadata)
                 )
                 texts.append(piece.text)
         # Embed everything before the first write: a failure here leaves the store untouched.
@@ -282,6 +286,31 @@ class KnowledgeBase:
             self._restore(collection, new_ids, previous)
             raise
         return chunk_counts, new_chunks
+
+    def _pieces(self, document: DocumentInput) -> list[tuple[Chunk, Segment | None]]:
+        """Chunk a document; no chunk crosses a page, and each is labelled where it starts.
+
+        Segments on one page (or without pages) are chunked together, so that a short section
+        joins its neighbours as it always has; a chunk's section is the one it starts in.
+        """
+        if not document.segments:
+            return [(piece, None) for piece in self.chunker.split(document.text)]
+        pages: list[list[Segment]] = []
+        for segment in document.segments:
+            if pages and pages[-1][0].page == segment.page:
+                pages[-1].append(segment)
+            else:
+                pages.append([segment])
+        pieces = []
+        for segments in pages:
+            start, end = segments[0].start, segments[-1].end
+            for piece in self.chunker.split(document.text[start:end]):
+                shifted = replace(piece, start=piece.start + start, end=piece.end + start)
+                label = next(
+                    (s for s in reversed(segments) if s.start <= shifted.start), segments[0]
+                )
+                pieces.append((shifted, label))
+        return pieces
 
     def _restore(self, collection: str, new_ids: set[str], previous: list[StoredChunk]) -> None:
         """Undo a failed write: drop what it added and put the previous chunks back."""
@@ -312,6 +341,45 @@ class KnowledgeBase:
             "content_hash": chunks[0].metadata.get(CONTENT_HASH),
             "metadata": _user_metadata(chunks[0].metadata),
             "chunk_texts": [c.text for c in chunks],
+        }
+
+    def list_documents(
+        self, collection: str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        """Return a page of the collection's documents (in store order) and how many there are."""
+        name = self.collection(collection)
+        self.store.ensure_collection(name, create=name == self.default_collection)
+        # A document's first chunk carries what the list shows; every document has one.
+        total = len(self.store.get(name, where={POSITION: 0}))
+        firsts = self.store.get(name, where={POSITION: 0}, limit=limit, offset=offset)
+        documents = []
+        for chunk in firsts:
+            metadata = chunk.metadata
+            ingested_at = metadata.get(INGESTED_AT)
+            documents.append(
+                {
+                    "id": str(metadata.get(DOCUMENT_ID, "")),
+                    "title": metadata.get("title"),
+                    "source": metadata.get("source"),
+                    "type": metadata.get("type"),
+                    "chunks": int(metadata.get(CHUNK_COUNT, 0)),
+                    "ingested_at": _iso_time(ingested_at) if ingested_at is not None else None,
+                    # The first chunk's page and section are not the document's.
+                    "metadata": {
+                        k: v
+                        for k, v in _user_metadata(metadata).items()
+                        if k not in ("page", "section")
+                    },
+                }
+            )
+        next_offset = offset + len(firsts)
+        return {
+            "collection": name,
+            "documents": documents,
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "next_offset": next_offset if next_offset < total else None,
         }
 
     def delete_document(self, document_id: str, collection: str | None = None) -> int:
@@ -357,19 +425,26 @@ class KnowledgeBase:
         # Every mode embeds the query: each hit's score is its cosine similarity.
         vector = self.embedder.encode([query])[0]
         embedded = time.perf_counter()
-        pool = top_k if mode == "dense" else max(top_k, settings.candidates)
-        candidates: dict[str, Candidate] = {}
-        if mode != "lexical":
-            for row in self.store.query(name, vector, pool, where):
-                candidates[row.id] = Candidate(row.id, row.text, row.metadata, 1.0 - row.distance)
-        queried = time.perf_counter()
         if mode == "dense":
-            ranked = sorted(candidates.values(), key=lambda c: -c.cosine)
-            hits = self._hits(ranked, top_k, min_score, lexical={}, fused={})
+            rows = self.store.query(name, vector, top_k, where)
+            queried = time.perf_counter()
+            hits = []
+            for row in sorted(rows, key=lambda r: r.distance):
+                hit = self._hit(row.id, row.text or "", row.metadata, 1.0 - row.distance)
+                if min_score is None or hit.score >= min_score:
+                    hits.append(hit)
             return SearchResult(
                 hits, embed_ms=(embedded - started) * 1000, query_ms=(queried - embedded) * 1000
             )
 
+        pool = max(top_k, settings.candidates)
+        # Candidates are ranked on ids and cosines alone; text and metadata are read only for the
+        # few returned (reading them for every candidate costs as much as the query).
+        cosines: dict[str, float] = {}
+        if mode != "lexical":
+            for row in self.store.query(name, vector, pool, where, with_content=False):
+                cosines[row.id] = 1.0 - row.distance
+        queried = time.perf_counter()
         self.lexical.ensure_fresh(name)
         # Catching up may have learnt that another replica dropped the collection: 404 then.
         self.store.ensure_collection(name, create=name == self.default_collection)
@@ -382,26 +457,22 @@ class KnowledgeBase:
         # scores the dense candidates (FTS5 scores every match either way; asking it about given
         # rows costs as much again). A dense candidate ranked past it counts as holding no term.
         scored = index.search(name, terms, lexical_pool * _LEXICAL_SCORED_FACTOR)
-        self._confirm_lexical(name, dict(scored[:lexical_pool]), candidates, vector, where)
-        lexical = {cid: s for cid, s in scored if cid in candidates}
+        proposed = [cid for cid, _ in scored[:lexical_pool]]
+        self._confirm_lexical(name, proposed, cosines, vector, where)
+        lexical = {cid: s for cid, s in scored if cid in cosines}
         fused: dict[str, float] = {}
         fusion_used: Fusion | None = None
         weight_used: float | None = None
         if mode == "lexical":
-            ranked = sorted(
-                (candidates[cid] for cid in lexical), key=lambda c: -lexical[c.chunk_id]
-            )
+            ranked_ids = sorted(lexical, key=lambda cid: -lexical[cid])
         else:
             fusion_used = fusion or settings.fusion
             weight_used = settings.dense_weight if dense_weight is None else dense_weight
-            fused = fuse(
-                {cid: c.cosine for cid, c in candidates.items()},
-                lexical,
-                method=fusion_used,
-                dense_weight=weight_used,
-            )
-            ranked = sorted(candidates.values(), key=lambda c: (-fused[c.chunk_id], -c.cosine))
-        hits = self._hits(ranked, top_k, min_score, lexical=lexical, fused=fused)
+            fused = fuse(cosines, lexical, method=fusion_used, dense_weight=weight_used)
+            ranked_ids = sorted(cosines, key=lambda cid: (-fused[cid], -cosines[cid]))
+        hits = self._read_hits(
+            name, ranked_ids, cosines, top_k, min_score, lexical=lexical, fused=fused
+        )
         total, stats = index.term_stats(name, terms, [h.chunk_id for h in hits])
         rank_of = {h.chunk_id: rank for rank, h in enumerate(hits, start=1)}
         finished = time.perf_counter()
@@ -430,57 +501,81 @@ class KnowledgeBase:
     def _confirm_lexical(
         self,
         collection: str,
-        lexical: dict[str, float],
-        candidates: dict[str, Candidate],
+        proposed: Sequence[str],
+        cosines: dict[str, float],
         vector: np.ndarray,
         where: dict[str, Any] | None,
     ) -> None:
         """Add the lexical candidates the store still holds (and ``where`` keeps), with cosine.
 
-        The lexical index only proposes ids: text, metadata and vectors come from the store, so a
+        The lexical index only proposes ids: vectors, text and metadata come from the store, so a
         chunk deleted since the index last caught up is never returned.
         """
-        wanted = [cid for cid in lexical if cid not in candidates]
-        for chunk in self.store.get_by_ids(collection, wanted, where=where, with_content=True):
+        wanted = [cid for cid in proposed if cid not in cosines]
+        for chunk in self.store.get_by_ids(collection, wanted, where=where, with_embedding=True):
             cosine = float(np.dot(vector, chunk.embedding)) if chunk.embedding is not None else 0.0
-            candidates[chunk.id] = Candidate(chunk.id, chunk.text or "", chunk.metadata, cosine)
+            cosines[chunk.id] = cosine
 
-    @staticmethod
-    def _hits(
-        ranked: Sequence[Candidate],
+    def _read_hits(
+        self,
+        collection: str,
+        ranked_ids: Sequence[str],
+        cosines: dict[str, float],
         top_k: int,
         min_score: float | None,
         *,
         lexical: dict[str, float],
         fused: dict[str, float],
     ) -> list[SearchHit]:
-        hits = []
-        for candidate in ranked:
-            score = round(candidate.cosine, 6)
-            # Filter on the score as reported, so that a client's own cut-off reproduces.
-            if min_score is not None and score < min_score:
-                continue
-            metadata = candidate.metadata
-            start, end = metadata.get(START), metadata.get(END)
-            hits.append(
-                SearchHit(
-                    chunk_id=candidate.chunk_id,
-                    document_id=str(metadata.get(DOCUMENT_ID, "")),
-                    position=int(metadata.get(POSITION, 0)),
-                    text=candidate.text,
-                    score=score,
-                    metadata=_user_metadata(metadata),
-                    start=int(start) if start is not None else None,
-                    end=int(end) if end is not None else None,
-                    lexical_score=round(lexical.get(candidate.chunk_id, 0.0), 6)
-                    if lexical or fused
-                    else None,
-                    fused_score=round(fused[candidate.chunk_id], 6) if fused else None,
-                )
-            )
-            if len(hits) == top_k:
-                break
+        """Read the text and metadata of the best ``top_k`` candidates the store still holds."""
+        eligible = [
+            cid for cid in ranked_ids if min_score is None or round(cosines[cid], 6) >= min_score
+        ]
+        hits: list[SearchHit] = []
+        offset = 0
+        # A candidate deleted since it was ranked is skipped, and the next one read instead.
+        while len(hits) < top_k and offset < len(eligible):
+            batch = eligible[offset : offset + top_k - len(hits)]
+            offset += len(batch)
+            stored = {c.id: c for c in self.store.get_by_ids(collection, batch, with_text=True)}
+            for cid in batch:
+                if (chunk := stored.get(cid)) is not None:
+                    hits.append(
+                        self._hit(
+                            cid,
+                            chunk.text or "",
+                            chunk.metadata,
+                            cosines[cid],
+                            lexical_score=lexical.get(cid, 0.0),
+                            fused_score=fused.get(cid) if fused else None,
+                        )
+                    )
         return hits
+
+    @staticmethod
+    def _hit(
+        chunk_id: str,
+        text: str,
+        metadata: Metadata,
+        cosine: float,
+        *,
+        lexical_score: float | None = None,
+        fused_score: float | None = None,
+    ) -> SearchHit:
+        # Rounded as reported, so that a client filtering on min_score reproduces the cut-off.
+        start, end = metadata.get(START), metadata.get(END)
+        return SearchHit(
+            chunk_id=chunk_id,
+            document_id=str(metadata.get(DOCUMENT_ID, "")),
+            position=int(metadata.get(POSITION, 0)),
+            text=text,
+            score=round(cosine, 6),
+            metadata=_user_metadata(metadata),
+            start=int(start) if start is not None else None,
+            end=int(end) if end is not None else None,
+            lexical_score=round(lexical_score, 6) if lexical_score is not None else None,
+            fused_score=round(fused_score, 6) if fused_score is not None else None,
+        )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed arbitrary texts with the retriever's model."""

@@ -235,19 +235,19 @@ class LexicalIndex:
                 self._counts[collection_id] = int(row[0])
             return self._counts[collection_id]
 
-    def _rowids(self, collection_id: int, chunk_ids: Sequence[str]) -> list[int]:
-        rowids: list[int] = []
+    def _rowids(self, collection_id: int, chunk_ids: Sequence[str]) -> dict[int, str]:
+        """Return rowid → chunk id for those of these chunk ids that are indexed."""
+        rowids: dict[int, str] = {}
         ids = list(dict.fromkeys(chunk_ids))
         for first in range(0, len(ids), 500):
             batch = ids[first : first + 500]
-            rowids += [
-                r[0]
-                for r in self._conn.execute(
-                    "SELECT rowid FROM chunks WHERE collection_id = ? "  # noqa: S608
+            rowids.update(
+                self._conn.execute(
+                    "SELECT rowid, chunk_id FROM chunks WHERE collection_id = ? "  # noqa: S608
                     f"AND chunk_id IN ({','.join('?' * len(batch))})",
                     (collection_id, *batch),
                 )
-            ]
+            )
         return rowids
 
     def search(
@@ -286,7 +286,7 @@ class LexicalIndex:
         with self._lock:
             total = self.count(collection)
             collection_id = self._collection_id(collection, create=False)
-            rowids = self._rowids(collection_id, chunk_ids) if collection_id is not None else []
+            rowids = self._rowids(collection_id, chunk_ids) if collection_id is not None else {}
             stats = []
             for term in terms:
                 frequency = 0
@@ -301,13 +301,13 @@ class LexicalIndex:
                             ).fetchone()[0]
                         )
                         if rowids and frequency:
+                            # No join: with one, SQLite walks the term's whole match list.
                             marks = ",".join("?" * len(rowids))
                             matching = frozenset(
-                                r[0]
+                                rowids[r[0]]
                                 for r in self._conn.execute(
-                                    f"SELECT c.chunk_id FROM {table} "  # noqa: S608
-                                    f"JOIN chunks c ON c.rowid = {table}.rowid "
-                                    f"WHERE {table} MATCH ? AND {table}.rowid IN ({marks})",
+                                    f"SELECT rowid FROM {table} "  # noqa: S608
+                                    f"WHERE {table} MATCH ? AND rowid IN ({marks})",
                                     (_phrase(term), *rowids),
                                 )
                             )

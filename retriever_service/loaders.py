@@ -1,22 +1,55 @@
-"""Read documents from files: .txt, .md, .jsonl, .json and .csv.
+"""Read documents from files: text, Markdown, PDF, Word, HTML, and records in CSV, JSON, JSONL.
 
-Document ids are stable across runs so that re-ingesting a folder replaces rather than
-duplicates: a text file's id is its path relative to the folder given; a record's id is its own
-``id`` (or ``_id``) field, else its file and line or row number.
+Document ids are stable across runs, so that re-ingesting a folder replaces rather than
+duplicates: a file that is one document (text, Markdown, PDF, Word, HTML) is identified by its
+path relative to the folder given (its name, for a file given alone or uploaded); a record by its
+own ``id`` (or ``_id``) field, else by its file and a digest of its content, so that inserting a
+row above it does not renumber it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".jsonl", ".json", ".csv"})
+from retriever_service.parsing.formats import (
+    DOCUMENT_TYPES,
+    RECORD_TYPES,
+    SUPPORTED_SUFFIXES,
+    file_type,
+    parse_document,
+    unsupported,
+)
+from retriever_service.parsing.limits import ParseLimits
+from retriever_service.parsing.model import FileRejected, ParsedDocument, Segment
+from retriever_service.parsing.text import decode_text
+
 _TEXT_FIELDS = ("text", "content", "body")
 _ID_FIELDS = ("id", "_id", "doc_id", "document_id")
+__all__ = ["DOCUMENT_TYPES", "RECORD_TYPES", "SUPPORTED_SUFFIXES"]
+
+
+class Parser(Protocol):
+    """Parses a single-document file's bytes (``FileParser`` sandboxes the risky types)."""
+
+    def parse(self, kind: str, data: bytes) -> ParsedDocument: ...
+
+
+class InProcessParser:
+    """Parse in this process, with the given limits: for trusted files and tests."""
+
+    def __init__(self, limits: ParseLimits | None = None) -> None:
+        self.limits = limits or ParseLimits()
+
+    def parse(self, kind: str, data: bytes) -> ParsedDocument:
+        return parse_document(kind, data, self.limits)
 
 
 @dataclass
@@ -24,15 +57,32 @@ class LoadedDocument:
     id: str
     text: str
     metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
+    segments: tuple[Segment, ...] = ()
 
     def as_payload(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "metadata": self.metadata}
+        payload: dict[str, Any] = {"id": self.id, "text": self.text, "metadata": self.metadata}
+        if self.segments:
+            payload["segments"] = [
+                {
+                    k: v
+                    for k, v in (
+                        ("start", s.start),
+                        ("end", s.end),
+                        ("page", s.page),
+                        ("section", s.section),
+                    )
+                    if v is not None
+                }
+                for s in self.segments
+            ]
+        return payload
 
 
 @dataclass
 class LoadProblem:
     source: str
     message: str
+    code: str = "unreadable"
 
 
 @dataclass
@@ -73,20 +123,68 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def load(source: SourceFile) -> Iterator[LoadedDocument | LoadProblem]:
+def load(
+    source: SourceFile, parser: Parser | None = None
+) -> Iterator[LoadedDocument | LoadProblem]:
     """Yield the documents in one file, and a problem for each record that cannot be read."""
-    suffix = source.path.suffix.lower()
     try:
-        if suffix in (".txt", ".md"):
-            yield from _load_text(source)
-        elif suffix == ".jsonl":
-            yield from _load_jsonl(source)
-        elif suffix == ".json":
-            yield from _load_json(source)
-        elif suffix == ".csv":
-            yield from _load_csv(source)
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        data = source.path.read_bytes()
+    except OSError as exc:
         yield LoadProblem(source.relative, f"cannot read file: {exc}")
+        return
+    yield from load_bytes(source.relative, data, parser or InProcessParser())
+
+
+def load_bytes(name: str, data: bytes, parser: Parser) -> Iterator[LoadedDocument | LoadProblem]:
+    """Yield the documents in one file's bytes; ``name`` is its id (or its records' prefix)."""
+    kind = file_type(name)
+    try:
+        if kind is None:
+            raise unsupported(name)
+        if kind in RECORD_TYPES.values():
+            text = decode_text(data)
+            if kind == "jsonl":
+                yield from _load_jsonl(name, text)
+            elif kind == "json":
+                yield from _load_json(name, text)
+            else:
+                yield from _load_csv(name, text)
+            return
+        parsed = parser.parse(kind, data)
+    except FileRejected as exc:
+        yield LoadProblem(name, exc.reason, exc.code)
+        return
+    except (ValueError, csv.Error) as exc:
+        yield LoadProblem(name, f"cannot read file: {exc}")
+        return
+    yield _document(name, kind, parsed)
+
+
+def _document(name: str, kind: str, parsed: ParsedDocument) -> LoadedDocument:
+    stem = Path(name).stem.replace("-", " ").replace("_", " ")
+    metadata: dict[str, str | int | float | bool] = {
+        "source": name,
+        "title": parsed.title or stem,
+        "type": kind,
+    }
+    if parsed.pages is not None:
+        metadata["pages"] = parsed.pages
+    return LoadedDocument(name, parsed.text, metadata, parsed.segments)
+
+
+class _RecordIds:
+    """Give records without an id one from their file and content, stable under insertions."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._seen: Counter[str] = Counter()
+
+    def __call__(self, text: str) -> str:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        self._seen[digest] += 1
+        # The same text twice in one file: the second copy is its own record.
+        count = self._seen[digest]
+        return f"{self.name}#{digest}" if count == 1 else f"{self.name}#{digest}-{count}"
 
 
 def _scalar_metadata(raw: dict[str, Any]) -> dict[str, str | int | float | bool]:
@@ -102,29 +200,9 @@ def _scalar_metadata(raw: dict[str, Any]) -> dict[str, str | int | float | bool]
     return metadata
 
 
-def _load_text(source: SourceFile) -> Iterator[LoadedDocument | LoadProblem]:
-    text = source.path.read_text(encoding="utf-8")
-    if not text.strip():
-        yield LoadProblem(source.relative, "file is empty")
-        return
-    metadata: dict[str, str | int | float | bool] = {"source": source.relative}
-    title = _markdown_title(text) if source.path.suffix.lower() == ".md" else None
-    metadata["title"] = title or source.path.stem.replace("-", " ").replace("_", " ")
-    yield LoadedDocument(source.relative, text, metadata)
-
-
-def _markdown_title(text: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith("# "):
-            return line[2:].strip() or None
-        if line.strip():
-            return None
-    return None
-
-
-def _record(raw: Any, source: SourceFile, locator: str) -> LoadedDocument | LoadProblem:
+def _record(raw: Any, name: str, locator: str, ids: _RecordIds) -> LoadedDocument | LoadProblem:
     """Turn one JSON record into a document: text (with BEIR's title in front), id, metadata."""
-    where = f"{source.relative}{locator}"
+    where = f"{name}{locator}"
     if isinstance(raw, str):
         raw = {"text": raw}
     if not isinstance(raw, dict):
@@ -138,66 +216,66 @@ def _record(raw: Any, source: SourceFile, locator: str) -> LoadedDocument | Load
     doc_id = next((str(raw[f]) for f in _ID_FIELDS if raw.get(f) not in (None, "")), None)
     nested = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     extra = {k: v for k, v in raw.items() if k not in (*_TEXT_FIELDS, *_ID_FIELDS, "metadata")}
-    metadata = {"source": source.relative, **_scalar_metadata(extra), **_scalar_metadata(nested)}
-    return LoadedDocument(doc_id or where, text, metadata)
+    metadata = {"source": name, **_scalar_metadata(extra), **_scalar_metadata(nested)}
+    # A file holding one object is that document; records of a list are named by content.
+    return LoadedDocument(doc_id or (ids(text) if locator else name), text, metadata)
 
 
-def _load_jsonl(source: SourceFile) -> Iterator[LoadedDocument | LoadProblem]:
-    with source.path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield LoadProblem(f"{source.relative}#L{number}", f"invalid JSON: {exc.msg}")
-                continue
-            yield _record(raw, source, f"#L{number}")
+def _load_jsonl(name: str, text: str) -> Iterator[LoadedDocument | LoadProblem]:
+    ids = _RecordIds(name)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield LoadProblem(f"{name}#L{number}", f"invalid JSON: {exc.msg}")
+            continue
+        yield _record(raw, name, f"#L{number}", ids)
 
 
-def _load_json(source: SourceFile) -> Iterator[LoadedDocument | LoadProblem]:
-    raw = json.loads(source.path.read_text(encoding="utf-8"))
+def _load_json(name: str, text: str) -> Iterator[LoadedDocument | LoadProblem]:
+    raw = json.loads(text)
+    ids = _RecordIds(name)
     if isinstance(raw, dict) and isinstance(raw.get("documents"), list):
         raw = raw["documents"]
     if isinstance(raw, dict):
-        yield _record(raw, source, "")
+        yield _record(raw, name, "", ids)
         return
     if not isinstance(raw, list):
-        yield LoadProblem(source.relative, 'expected a list of documents or {"documents": [...]}')
+        yield LoadProblem(name, 'expected a list of documents or {"documents": [...]}')
         return
     for index, item in enumerate(raw):
-        yield _record(item, source, f"#{index}")
+        yield _record(item, name, f"#{index}", ids)
 
 
-def _load_csv(source: SourceFile) -> Iterator[LoadedDocument | LoadProblem]:
-    with source.path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        qa = "question" in columns and "answer" in columns
-        if not qa and not any(f in columns for f in _TEXT_FIELDS):
-            yield LoadProblem(
-                source.relative, "CSV needs question and answer columns, or a text column"
-            )
-            return
-        for number, row in enumerate(reader, start=2):
-            values = {key: (row.get(original) or "").strip() for key, original in columns.items()}
-            where = f"{source.relative}#row{number}"
-            if qa:
-                question, answer = values.pop("question"), values.pop("answer")
-                if not question or not answer:
-                    yield LoadProblem(where, "question or answer is empty")
-                    continue
-                # The question is embedded with its answer: users ask in words close to it.
-                text = f"{question}\n{answer}"
-                values["question"] = question
-            else:
-                field_name = next(f for f in _TEXT_FIELDS if f in columns)
-                text = values.pop(field_name)
-                if not text:
-                    yield LoadProblem(where, "text is empty")
-                    continue
-            doc_id = next((values.pop(f) for f in _ID_FIELDS if values.get(f)), None)
-            for f in _ID_FIELDS:
-                values.pop(f, None)
-            metadata = {"source": source.relative, **_scalar_metadata(values)}
-            yield LoadedDocument(doc_id or where, text, metadata)
+def _load_csv(name: str, text: str) -> Iterator[LoadedDocument | LoadProblem]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+    qa = "question" in columns and "answer" in columns
+    if not qa and not any(f in columns for f in _TEXT_FIELDS):
+        yield LoadProblem(name, "CSV needs question and answer columns, or a text column")
+        return
+    ids = _RecordIds(name)
+    for number, row in enumerate(reader, start=2):
+        values = {key: (row.get(original) or "").strip() for key, original in columns.items()}
+        where = f"{name}#row{number}"
+        if qa:
+            question, answer = values.pop("question"), values.pop("answer")
+            if not question or not answer:
+                yield LoadProblem(where, "question or answer is empty")
+                continue
+            # The question is embedded with its answer: users ask in words close to it.
+            text_value = f"{question}\n{answer}"
+            values["question"] = question
+        else:
+            field_name = next(f for f in _TEXT_FIELDS if f in columns)
+            text_value = values.pop(field_name)
+            if not text_value:
+                yield LoadProblem(where, "text is empty")
+                continue
+        doc_id = next((values.pop(f) for f in _ID_FIELDS if values.get(f)), None)
+        for f in _ID_FIELDS:
+            values.pop(f, None)
+        metadata = {"source": name, **_scalar_metadata(values)}
+        yield LoadedDocument(doc_id or ids(text_value), text_value, metadata)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from qa_common.validation import CollectionName, MetadataValue, StrictModel, not_blank
 
@@ -13,14 +13,41 @@ DocumentId = Annotated[
 ]
 
 
+class SegmentIn(StrictModel):
+    """A span of the text and where it comes from: a PDF page, a section under a heading."""
+
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=1)]
+    page: Annotated[int, Field(ge=1)] | None = None
+    section: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+
+
 class DocumentIn(StrictModel):
     id: DocumentId | None = None
     text: Annotated[str, StringConstraints(min_length=1)]
     metadata: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=256)], MetadataValue
     ] = Field(default_factory=dict)
+    segments: list[SegmentIn] | None = Field(
+        None,
+        description="Spans of text, in order and not overlapping, with the page and section "
+        "they come from: no chunk crosses a change of page, and each chunk carries the page "
+        "and section where it starts.",
+    )
 
     _blank_text = field_validator("text")(not_blank)
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> DocumentIn:
+        previous_end = 0
+        for segment in self.segments or []:
+            if not previous_end <= segment.start < segment.end <= len(self.text):
+                raise ValueError(
+                    "segments must be in order, not overlap, and lie within the text "
+                    f"(0 <= start < end <= {len(self.text)})"
+                )
+            previous_end = segment.end
+        return self
 
     @field_validator("metadata")
     @classmethod
@@ -66,6 +93,20 @@ class EmbedRequest(StrictModel):
 
 
 class CollectionQuery(StrictModel):
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+    collection: CollectionName | None = None
+
+
+class DocumentListQuery(StrictModel):
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+    collection: CollectionName | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+class UploadForm(StrictModel):
     model_config = ConfigDict(extra="ignore", strict=False)
 
     collection: CollectionName | None = None

@@ -43,7 +43,7 @@ class ScoredChunk:
     """A chunk returned by a query, with its cosine distance to the query."""
 
     id: str
-    text: str
+    text: str | None
     metadata: Metadata
     distance: float
 
@@ -73,11 +73,19 @@ class VectorStore(Protocol):
         where: dict[str, Any],
         with_content: bool = False,
         with_text: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[StoredChunk]: ...
     def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None: ...
     def delete(self, collection: str, ids: Sequence[str]) -> None: ...
     def query(
-        self, collection: str, embedding: np.ndarray, top_k: int, where: dict[str, Any] | None
+        self,
+        collection: str,
+        embedding: np.ndarray,
+        top_k: int,
+        where: dict[str, Any] | None,
+        *,
+        with_content: bool = True,
     ) -> list[ScoredChunk]: ...
     def count(self, collection: str) -> int: ...
     def get_by_ids(
@@ -88,6 +96,7 @@ class VectorStore(Protocol):
         where: dict[str, Any] | None = None,
         with_content: bool = False,
         with_text: bool = False,
+        with_embedding: bool = False,
     ) -> list[StoredChunk]: ...
     def scan_metadata(self, collection: str) -> Iterator[list[StoredChunk]]: ...
     def append_write_record(self, record_id: str, metadata: Metadata) -> None: ...
@@ -104,8 +113,12 @@ WRITE_LOG_COLLECTION = "retriever-write-log"
 SCAN_PAGE = 5000
 
 
-def _include(with_content: bool, with_text: bool) -> list[str]:
-    if with_content:
+def _include(with_content: bool, with_text: bool, with_embedding: bool = False) -> list[str]:
+    if with_embedding and not with_text:
+        # Vectors alone (hybrid search scores its lexical candidates): metadata is read later,
+        # for the few chunks returned.
+        return ["embeddings"]
+    if with_content or with_embedding:
         return ["metadatas", "documents", "embeddings"]
     return ["metadatas", "documents"] if with_text else ["metadatas"]
 
@@ -280,11 +293,14 @@ class ChromaStore:
         where: dict[str, Any],
         with_content: bool = False,
         with_text: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[StoredChunk]:
+        """Return the chunks ``where`` selects, in store order; a page of them with ``limit``."""
         col = self._collection(collection)
         include = _include(with_content, with_text)
         with self._translate_errors(collection):
-            result = col.get(where=where, include=include)
+            result = col.get(where=where, include=include, limit=limit, offset=offset or None)
         return self._chunks(result, include)
 
     def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None:
@@ -311,22 +327,30 @@ class ChromaStore:
             col.delete(ids=list(ids))
 
     def query(
-        self, collection: str, embedding: np.ndarray, top_k: int, where: dict[str, Any] | None
+        self,
+        collection: str,
+        embedding: np.ndarray,
+        top_k: int,
+        where: dict[str, Any] | None,
+        *,
+        with_content: bool = True,
     ) -> list[ScoredChunk]:
+        """Return the nearest chunks; without content, only their ids and distances."""
         col = self._collection(collection)
+        include = ["documents", "metadatas", "distances"] if with_content else ["distances"]
         with self._translate_errors(collection):
             result = col.query(
                 query_embeddings=[np.asarray(embedding, dtype=np.float32)],
                 n_results=top_k,
                 where=where or None,
-                include=["documents", "metadatas", "distances"],
+                include=include,
             )
         ids = result["ids"][0]
         return [
             ScoredChunk(
                 id=chunk_id,
-                text=result["documents"][0][i],
-                metadata=dict(result["metadatas"][0][i] or {}),
+                text=result["documents"][0][i] if with_content else None,
+                metadata=dict(result["metadatas"][0][i] or {}) if with_content else {},
                 distance=float(result["distances"][0][i]),
             )
             for i, chunk_id in enumerate(ids)
@@ -345,12 +369,13 @@ class ChromaStore:
         where: dict[str, Any] | None = None,
         with_content: bool = False,
         with_text: bool = False,
+        with_embedding: bool = False,
     ) -> list[StoredChunk]:
         """Return the chunks with these ids that exist (and pass ``where``), in store order."""
         if not ids:
             return []
         col = self._collection(collection)
-        include = _include(with_content, with_text)
+        include = _include(with_content, with_text, with_embedding)
         with self._translate_errors(collection):
             result = col.get(ids=list(ids), where=where or None, include=include)
         return self._chunks(result, include)

@@ -44,7 +44,7 @@ def kb_folder(tmp_path: Path) -> Path:
         json.dumps({"id": "n1", "text": "Note one.", "metadata": {"kind": "note"}}) + "\n",
         encoding="utf-8",
     )
-    (folder / "manual.pdf").write_bytes(b"%PDF")
+    (folder / "photo.png").write_bytes(b"\x89PNG")
     return folder
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,7 +33,11 @@ def test_txt_file_is_one_document_with_path_id(tmp_path: Path) -> None:
     assert isinstance(doc, LoadedDocument)
     assert doc.id == "notes/support_hours-2025.txt"
     assert doc.text == "Support is open on weekdays.\n"
-    assert doc.metadata == {"source": "notes/support_hours-2025.txt", "title": "support hours 2025"}
+    assert doc.metadata == {
+        "source": "notes/support_hours-2025.txt",
+        "title": "support hours 2025",
+        "type": "text",
+    }
     assert doc.as_payload() == {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
 
 
@@ -85,14 +90,37 @@ def test_csv_question_answer_rows_with_id_column(tmp_path: Path) -> None:
     assert second.text == "Does it work, offline?\nYes, it does."
 
 
-def test_csv_rows_without_id_get_row_locators(tmp_path: Path) -> None:
+def content_id(name: str, text: str) -> str:
+    return f"{name}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def test_csv_rows_without_id_are_named_by_content_and_problems_by_row(tmp_path: Path) -> None:
     path = tmp_path / "faq.csv"
     path.write_text("question,answer\nQ1?,A1.\nQ2?,\nQ3?,A3.\n", encoding="utf-8")
     loaded = load_one(path)
-    assert [d.id for d in docs(loaded)] == ["faq.csv#row2", "faq.csv#row4"]
+    assert [d.id for d in docs(loaded)] == [
+        content_id("faq.csv", "Q1?\nA1."),
+        content_id("faq.csv", "Q3?\nA3."),
+    ]
     [problem] = problems(loaded)
     assert problem.source == "faq.csv#row3"
     assert "empty" in problem.message
+
+
+def test_record_ids_stay_stable_when_a_row_is_inserted_above(tmp_path: Path) -> None:
+    path = tmp_path / "faq.csv"
+    path.write_text("question,answer\nQ1?,A1.\nQ2?,A2.\n", encoding="utf-8")
+    before = [d.id for d in docs(load_one(path))]
+    path.write_text("question,answer\nQ0?,A0.\nQ1?,A1.\nQ2?,A2.\nQ2?,A2.\n", encoding="utf-8")
+    after = [d.id for d in docs(load_one(path))]
+    assert after[1:3] == before
+    # The same row twice is two documents, never one id used twice.
+    assert after[3] == before[1] + "-2"
+    lines = tmp_path / "notes.jsonl"
+    lines.write_text('{"text": "Alpha."}\n{"text": "Beta."}\n', encoding="utf-8")
+    before = [d.id for d in docs(load_one(lines))]
+    lines.write_text('{"text": "New."}\n{"text": "Alpha."}\n{"text": "Beta."}\n', encoding="utf-8")
+    assert [d.id for d in docs(load_one(lines))][1:] == before
 
 
 def test_csv_with_text_column(tmp_path: Path) -> None:
@@ -100,7 +128,7 @@ def test_csv_with_text_column(tmp_path: Path) -> None:
     path.write_text("doc_id,text,author\nn1,First note.,ann\n,Second note.,bob\n", encoding="utf-8")
     first, second = docs(load_one(path))
     assert (first.id, first.text, first.metadata["author"]) == ("n1", "First note.", "ann")
-    assert second.id == "notes.csv#row3"
+    assert second.id == content_id("notes.csv", "Second note.")
     assert "doc_id" not in first.metadata
     assert "text" not in first.metadata
 
@@ -127,7 +155,7 @@ def test_jsonl_with_and_without_ids_and_a_bad_line(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     loaded = load_one(path)
     good = docs(loaded)
-    assert [d.id for d in good] == ["r1", "notes.jsonl#L2", "r6"]
+    assert [d.id for d in good] == ["r1", content_id("notes.jsonl", "Two."), "r6"]
     assert good[0].metadata == {"source": "notes.jsonl", "version": "3.0", "n": 2}
     assert good[1].metadata == {"source": "notes.jsonl", "kind": "note", "tags": '["a", "b"]'}
     assert good[2].text == "Six."
@@ -175,7 +203,10 @@ def test_json_single_object_strings_and_invalid(tmp_path: Path) -> None:
     strings = tmp_path / "strings.json"
     strings.write_text(json.dumps(["First.", 5, "Third."]), encoding="utf-8")
     loaded = load_one(strings)
-    assert [d.id for d in docs(loaded)] == ["strings.json#0", "strings.json#2"]
+    assert [d.id for d in docs(loaded)] == [
+        content_id("strings.json", "First."),
+        content_id("strings.json", "Third."),
+    ]
     assert [p.source for p in problems(loaded)] == ["strings.json#1"]
 
     scalar = tmp_path / "scalar.json"
@@ -197,13 +228,13 @@ def test_discover_skips_hidden_and_counts_unsupported(tmp_path: Path) -> None:
     (tmp_path / ".hidden.txt").write_text("h", encoding="utf-8")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "notes.md").write_text("g", encoding="utf-8")
-    (tmp_path / "manual.pdf").write_bytes(b"%PDF")
+    (tmp_path / "archive.zip").write_bytes(b"PK")
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     sources, skipped = discover([tmp_path])
     assert [s.relative for s in sources] == ["a.txt", "sub/b.MD"]
-    assert sorted(p.name for p in skipped) == ["image.png", "manual.pdf"]
+    assert sorted(p.name for p in skipped) == ["archive.zip", "image.png"]
     # A single file given directly: relative to its folder; unsupported is skipped.
-    sources, skipped = discover([tmp_path / "a.txt", tmp_path / "manual.pdf"])
+    sources, skipped = discover([tmp_path / "a.txt", tmp_path / "image.png"])
     assert [s.relative for s in sources] == ["a.txt"]
     assert len(skipped) == 1
 
@@ -221,7 +252,7 @@ def test_collect_reports_repeated_ids_across_files(tmp_path: Path) -> None:
         json.dumps([{"id": "dup", "text": "Second."}]), encoding="utf-8"
     )
     (tmp_path / "c.csv").write_text("id,question,answer\ndup,Q?,A.\nok,Q2?,A2.\n", encoding="utf-8")
-    (tmp_path / "skip.docx").write_bytes(b"x")
+    (tmp_path / "skip.exe").write_bytes(b"x")
     summary = IngestSummary()
     collected = collect([str(tmp_path)], summary)
     assert [(d.id, d.text) for d in collected] == [("dup", "First."), ("ok", "Q2?\nA2.")]

@@ -1,0 +1,89 @@
+"""Ingest whole files: parse each, store its documents, and say per file what happened."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qa_common.errors import ServiceError
+from retriever_service.knowledge_base import DocumentInput, IngestOutcome, KnowledgeBase
+from retriever_service.loaders import LoadedDocument, LoadProblem, Parser, load_bytes
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass
+class FileResult:
+    """What became of one file: its documents' outcomes, or why it was refused."""
+
+    file: str
+    status: str = "error"
+    documents: list[IngestOutcome] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    problems: list[LoadProblem] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "file": self.file,
+            "status": self.status,
+            "chunks": sum(o.chunks for o in self.documents),
+            "documents": [
+                {"id": o.id, "status": o.status, "chunks": o.chunks} for o in self.documents
+            ],
+        }
+        if self.error:
+            body["error"] = self.error
+        if self.problems:
+            body["problems"] = [{"source": p.source, "message": p.message} for p in self.problems]
+        return body
+
+
+def upload_name(raw: str | None) -> str | None:
+    """Return the file name an upload is known by (its last path part), or None if unusable."""
+    name = re.split(r"[\\/]", raw or "")[-1].strip()
+    if not name or name.startswith(".") or _CONTROL.search(name) or len(name) > 255:
+        return None
+    return name
+
+
+def ingest_file(
+    kb: KnowledgeBase, parser: Parser, name: str, data: bytes, collection: str | None
+) -> FileResult:
+    """Parse one file and store its documents in one write: all of the file, or none of it."""
+    result = FileResult(name)
+    documents: list[LoadedDocument] = []
+    for item in load_bytes(name, data, parser):
+        if isinstance(item, LoadProblem):
+            result.problems.append(item)
+        else:
+            documents.append(item)
+    if not documents:
+        first = result.problems[0] if result.problems else LoadProblem(name, "no documents")
+        result.error = {"code": first.code, "message": first.message}
+        if len(result.problems) == 1:
+            result.problems = []
+        return result
+    try:
+        result.documents = kb.ingest(
+            [DocumentInput(d.text, d.id, dict(d.metadata), d.segments) for d in documents],
+            collection,
+        )
+    except ServiceError as exc:
+        # A failed file stores nothing (the write is atomic); the other files go on.
+        if exc.status >= 500 or exc.status == 404:
+            raise
+        result.error = {"code": exc.code, "message": exc.message}
+        return result
+    result.status = _file_status(result.documents)
+    return result
+
+
+def _file_status(outcomes: Sequence[IngestOutcome]) -> str:
+    statuses = {o.status for o in outcomes}
+    if statuses == {"unchanged"}:
+        return "unchanged"
+    if statuses == {"created"}:
+        return "created"
+    return "updated"

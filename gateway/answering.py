@@ -61,11 +61,18 @@ class Source:
     metadata: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        page = self.metadata.get("page")
+        section = self.metadata.get("section")
         return {
             "document_id": self.document_id,
             "chunk_id": self.chunk_id,
             "text": self.text,
             "score": self.score,
+            # Where it came from, for a citation: "manual.pdf · page 12 · Wiring".
+            "source": str(self.metadata.get("source") or self.document_id),
+            "title": str(self.metadata["title"]) if self.metadata.get("title") else None,
+            "page": int(page) if isinstance(page, int | float) else None,
+            "section": str(section) if section else None,
             "metadata": self.metadata,
         }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import Flask, jsonify, request, send_from_directory
+from flask import Flask, Response, jsonify, request, send_from_directory, stream_with_context
 
 from gateway import openai_compat
 from gateway.answering import Answerer, Turn
@@ -25,18 +25,21 @@ from gateway.schemas import (
     ContextRequest,
     ContextResponse,
     DeleteResponse,
+    DocumentList,
     DocumentsRequest,
     DocumentsResponse,
     Health,
     ModelList,
+    UploadResponse,
 )
-from qa_common.errors import Forbidden, NotReady, ServiceError, Unauthorized
+from qa_common.errors import Forbidden, NotReady, ServiceError, Unauthorized, ValidationFailed
 from qa_common.request_context import get_request_id, set_request_id
 from qa_common.web import create_service_app, parse_body, sse_event, sse_response
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+NDJSON = "application/x-ndjson"
 API_VERSION = "1.0.0"
 _COLLECTION_PARAM = {
     "name": "collection",
@@ -117,6 +120,71 @@ OPERATIONS = [
         response=DocumentsResponse,
         errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
         auth=True,
+    ),
+    Operation(
+        "get",
+        "/v1/documents",
+        "List the documents of a collection, a page at a time (admin key)",
+        "documents",
+        response=DocumentList,
+        errors=(401, 403, 404, 422, 429, 502, 503, 504),
+        auth=True,
+        parameters=[
+            _COLLECTION_PARAM,
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+            },
+            {
+                "name": "offset",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0, "default": 0},
+            },
+        ],
+    ),
+    Operation(
+        "post",
+        "/v1/files",
+        "Upload files (PDF, Word, HTML, text, Markdown, CSV, JSON, JSONL) to ingest (admin key)",
+        "documents",
+        response=UploadResponse,
+        errors=(401, 403, 404, 413, 422, 429, 502, 503, 504),
+        auth=True,
+        extra_responses={
+            "200": {
+                "description": "One result per file. With `Accept: application/x-ndjson`, "
+                "JSON lines as the work goes: `file` (index), `parsing`, `embedding` (`done` "
+                "of `total` chunks), `file_done` (that file's result), then `done` carrying "
+                "the same object as the JSON answer, or `error` with the error envelope.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/UploadResponse"}},
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                },
+            }
+        },
+        request_body={
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "One part per file; its file name is the "
+                                "document id (uploading it again replaces it).",
+                            },
+                            "collection": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
     ),
     Operation(
         "delete",
@@ -283,6 +351,60 @@ def create_app(
         body = parse_body(DocumentsRequest)
         payload = body.model_dump(exclude_none=True)
         return jsonify(retriever.request_json("POST", "/v1/documents", json=payload))
+
+    @app.get("/v1/documents")
+    def list_documents() -> Any:
+        require_admin()
+        names = ("collection", "limit", "offset")
+        params = {k: request.args[k] for k in names if k in request.args}
+        return jsonify(retriever.request_json("GET", "/v1/documents", params=params))
+
+    @app.post("/v1/files")
+    def upload_files() -> Any:
+        require_admin()
+        request.max_content_length = config.max_upload_bytes
+        uploads = request.files.getlist("file")
+        if not uploads:
+            raise ValidationFailed(
+                "Send one or more files as multipart/form-data parts named 'file'.",
+                details=[{"field": "file", "message": "no file"}],
+            )
+        # Read into memory (bounded by MAX_UPLOAD_BYTES): a request that fails over to another
+        # replica must send the same bytes again.
+        files = [
+            ("file", (upload.filename or "", upload.read(), "application/octet-stream"))
+            for upload in uploads
+        ]
+        form = {"collection": request.form["collection"]} if "collection" in request.form else {}
+        if request.accept_mimetypes.best == NDJSON:
+            # Progress lines (parsing, embedding…) as the retriever writes them; the last is
+            # the result, or an error.
+            upstream = retriever.request(
+                "POST",
+                "/v1/files",
+                files=files,
+                data=form,
+                read_timeout_s=config.upload_timeout_s,
+                stream=True,
+                accept=NDJSON,
+            )
+
+            def relay() -> Iterator[bytes]:
+                with upstream:
+                    for line in upstream.iter_lines():
+                        if line:
+                            yield line + b"\n"
+
+            return Response(stream_with_context(relay()), mimetype=NDJSON)
+        return jsonify(
+            retriever.request_json(
+                "POST",
+                "/v1/files",
+                files=files,
+                data=form,
+                read_timeout_s=config.upload_timeout_s,
+            )
+        )
 
     @app.delete("/v1/documents/<path:document_id>")
     def delete_document(document_id: str) -> Any:

@@ -28,6 +28,8 @@ class Operation:
     auth: bool = False
     parameters: list[dict[str, Any]] = field(default_factory=list)
     extra_responses: dict[str, Any] = field(default_factory=dict)
+    # A request body that is not a JSON model (a multipart upload), as written.
+    request_body: dict[str, Any] | None = None
 
 
 _STATUS_TEXT = {
@@ -71,7 +73,9 @@ def build_openapi(operations: list[Operation], *, title: str, version: str) -> d
         }
         if op.parameters:
             item["parameters"] = op.parameters
-        if op.request is not None:
+        if op.request_body is not None:
+            item["requestBody"] = op.request_body
+        elif op.request is not None:
             item["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref(op.request.__name__)}},

@@ -53,6 +53,10 @@ class SourceOut(BaseModel):
     chunk_id: str
     text: str
     score: float = Field(description="Cosine similarity to the question; higher is better.")
+    source: str = Field(description="The file (or URL) it came from; the document id otherwise.")
+    title: str | None = Field(None, description="The document's title, when it has one.")
+    page: int | None = Field(None, description="The PDF page the snippet is on (from 1).")
+    section: str | None = Field(None, description="The heading the snippet falls under.")
     metadata: dict[str, Any]
 
 
@@ -280,10 +284,20 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class SegmentIn(StrictModel):
+    """A span of the text and the page and section it comes from (checked by the retriever)."""
+
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=1)]
+    page: Annotated[int, Field(ge=1)] | None = None
+    section: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+
+
 class DocumentIn(StrictModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     text: Annotated[str, StringConstraints(min_length=1)]
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    segments: list[SegmentIn] | None = None
 
 
 class DocumentsRequest(StrictModel):
@@ -310,6 +324,61 @@ class DocumentsResponse(BaseModel):
 
 class DeleteResponse(BaseModel):
     deleted_chunks: int
+
+
+class FileError(BaseModel):
+    code: str = Field(
+        description="unsupported_type, no_text, encrypted, corrupt, too_many_pages, too_large, "
+        "parse_timeout, parse_failed, bad_encoding, bad_name, or a validation code"
+    )
+    message: str
+
+
+class FileProblem(BaseModel):
+    source: str
+    message: str
+
+
+class FileResult(BaseModel):
+    """What became of one uploaded file."""
+
+    file: str
+    status: Literal["created", "updated", "unchanged", "error"]
+    chunks: int
+    documents: list[DocumentResult]
+    error: FileError | None = None
+    problems: list[FileProblem] | None = Field(
+        None, description="Records of a CSV/JSON/JSONL file that could not be read; the rest are"
+    )
+
+
+class UploadResponse(BaseModel):
+    """One result per file, in the order sent; a bad file never stops the others."""
+
+    files: list[FileResult]
+    collection: str
+    took_ms: float
+
+
+class DocumentSummary(BaseModel):
+    id: str
+    title: str | None
+    source: str | None
+    type: str | None = Field(description="pdf, docx, html, markdown, text; none for records")
+    chunks: int
+    ingested_at: str | None = Field(description="UTC, ISO 8601, of the version stored now")
+    metadata: dict[str, Any]
+
+
+class DocumentList(BaseModel):
+    """A page of a collection's documents, newest first."""
+
+    collection: str
+    documents: list[DocumentSummary]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
 
 
 class ErrorBody(BaseModel):

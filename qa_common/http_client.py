@@ -177,13 +177,16 @@ class ServiceClient:
         params: dict[str, Any] | None = None,
         read_timeout_s: float | None = None,
         stream: bool = False,
+        files: Any = None,
+        data: Any = None,
+        accept: str | None = None,
     ) -> requests.Response:
         """Send a request; return the response when its status is 2xx, raise otherwise.
 
         A replica that cannot be connected to is set aside and the next one tried: the request
         never reached it, so trying elsewhere cannot do the work twice.
         """
-        headers = {}
+        headers = {"Accept": accept} if accept else {}
         request_id = get_request_id()
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
@@ -200,6 +203,8 @@ class ServiceClient:
                     headers=headers,
                     timeout=timeout,
                     stream=stream,
+                    files=files,
+                    data=data,
                 )
             except DependencyUnavailable as exc:
                 self.replicas.mark_failed(base_url)

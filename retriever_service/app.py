@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextvars import copy_context
 from typing import Any
 
 import numpy as np
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request, stream_with_context
 
-from qa_common.errors import NotReady, ValidationFailed
+from qa_common.errors import NotReady, ServiceError, ValidationFailed
+from qa_common.request_context import get_request_id
 from qa_common.web import (
     check_readiness,
     create_service_app,
@@ -99,6 +104,70 @@ def _warm_lexical_index(kb: KnowledgeBase) -> None:
         log.warning(
             "could not load the lexical index at start; the first search will", exc_info=True
         )
+
+
+NDJSON = "application/x-ndjson"
+
+
+def _ingest_uploads(
+    kb: KnowledgeBase,
+    parser: FileParser,
+    uploads: list[tuple[str | None, bytes]],
+    collection: str | None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest each uploaded file on its own; one file's failure never stops the others."""
+    started = time.perf_counter()
+    results = []
+    for index, (raw_name, data) in enumerate(uploads):
+        name = upload_name(raw_name)
+        if on_event:
+            on_event({"event": "file", "file": name or raw_name, "index": index})
+        if name is None:
+            result = FileResult(
+                raw_name or "", error={"code": "bad_name", "message": "the file has no usable name"}
+            )
+        else:
+            tell = (lambda e, i=index: on_event({**e, "index": i})) if on_event else None
+            result = ingest_file(kb, parser, name, data, collection, on_event=tell)
+        results.append(result)
+        if on_event:
+            on_event({"event": "file_done", "index": index, **result.as_dict()})
+    return {
+        "files": [r.as_dict() for r in results],
+        "collection": kb.collection(collection),
+        "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+
+
+def _progress_lines(
+    kb: KnowledgeBase,
+    parser: FileParser,
+    uploads: list[tuple[str | None, bytes]],
+    collection: str | None,
+    events: queue.Queue[dict[str, Any] | None],
+) -> Iterator[str]:
+    """Ingest in a thread and stream its progress as JSON lines; the last line is the result."""
+    total = len(uploads)
+
+    def work() -> None:
+        try:
+            body = _ingest_uploads(
+                kb, parser, uploads, collection, lambda e: events.put({**e, "files": total})
+            )
+            events.put({"event": "done", **body})
+        except ServiceError as exc:
+            events.put({"event": "error", **exc.to_dict(get_request_id())})
+        except Exception:
+            log.exception("upload failed")
+            events.put({"event": "error", **ServiceError().to_dict(get_request_id())})
+        finally:
+            events.put(None)
+
+    # The ingest finishes even if the client goes away: its writes are atomic per file.
+    threading.Thread(target=copy_context().run, args=(work,), daemon=True).start()
+    while (event := events.get()) is not None:
+        yield json.dumps(event) + "\n"
 
 
 def create_app(
@@ -195,32 +264,22 @@ def create_app(
     @app.post("/v1/files")
     def upload_files() -> Any:
         request.max_content_length = config.max_upload_bytes
-        uploads = request.files.getlist("file")
         form = validate(UploadForm, request.form.to_dict(), "form")
+        uploads = [(u.filename, u.read()) for u in request.files.getlist("file")]
         if not uploads:
             raise ValidationFailed(
                 "Send one or more files as multipart/form-data parts named 'file'.",
                 details=[{"field": "file", "message": "no file"}],
             )
         kb = knowledge_base()
-        started = time.perf_counter()
-        results = []
-        for upload in uploads:
-            name = upload_name(upload.filename)
-            if name is None:
-                results.append(
-                    FileResult(
-                        upload.filename or "",
-                        error={"code": "bad_name", "message": "the file has no usable name"},
-                    )
-                )
-                continue
-            results.append(ingest_file(kb, file_parser, name, upload.read(), form.collection))
-        return jsonify(
-            files=[r.as_dict() for r in results],
-            collection=kb.collection(form.collection),
-            took_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        if request.accept_mimetypes.best == NDJSON:
+            return Response(
+                stream_with_context(
+                    _progress_lines(kb, file_parser, uploads, form.collection, queue.Queue())
+                ),
+                mimetype=NDJSON,
+            )
+        return jsonify(_ingest_uploads(kb, file_parser, uploads, form.collection))
 
     @app.get("/v1/documents/<path:document_id>")
     def get_document(document_id: str) -> Any:

@@ -45,7 +45,8 @@ class RetrieverClient(ServiceClient):
 
     def delete_document(self, document_id: str, collection: str | None = None) -> dict[str, Any]:
         params = {"collection": collection} if collection else None
-        path = "/v1/documents/" + quote(document_id, safe="")
+        # "." escaped too: HTTP clients resolve "." and ".." path segments.
+        path = "/v1/documents/" + quote(document_id, safe="").replace(".", "%2E")
         return self.request_json("DELETE", path, params=params)
 
     def delete_collection(self, name: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +49,18 @@ def upload_name(raw: str | None) -> str | None:
 
 
 def ingest_file(
-    kb: KnowledgeBase, parser: Parser, name: str, data: bytes, collection: str | None
+    kb: KnowledgeBase,
+    parser: Parser,
+    name: str,
+    data: bytes,
+    collection: str | None,
+    *,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> FileResult:
     """Parse one file and store its documents in one write: all of the file, or none of it."""
     result = FileResult(name)
+    tell = on_event or (lambda _event: None)
+    tell({"event": "parsing", "file": name})
     documents: list[LoadedDocument] = []
     for item in load_bytes(name, data, parser):
         if isinstance(item, LoadProblem):
@@ -65,10 +73,14 @@ def ingest_file(
         if len(result.problems) == 1:
             result.problems = []
         return result
+    tell({"event": "embedding", "file": name, "done": 0, "total": None})
     try:
         result.documents = kb.ingest(
             [DocumentInput(d.text, d.id, dict(d.metadata), d.segments) for d in documents],
             collection,
+            progress=lambda done, total: tell(
+                {"event": "embedding", "file": name, "done": done, "total": total}
+            ),
         )
     except ServiceError as exc:
         # A failed file stores nothing (the write is atomic); the other files go on.

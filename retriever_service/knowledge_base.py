@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -60,6 +60,8 @@ class IngestOutcome:
 
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
+# Chunks embedded between two progress reports of an ingest that asked for them.
+_PROGRESS_SLICE = 128
 # How far down the BM25 ranking hybrid search reads scores for the dense candidates, in pools.
 _LEXICAL_SCORED_FACTOR = 4
 
@@ -169,9 +171,16 @@ class KnowledgeBase:
     # -- ingestion ----------------------------------------------------------------------------
 
     def ingest(
-        self, documents: Sequence[DocumentInput], collection: str | None = None
+        self,
+        documents: Sequence[DocumentInput],
+        collection: str | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[IngestOutcome]:
-        """Upsert documents: new ones are added, changed ones replaced, unchanged ones skipped."""
+        """Upsert documents: new ones are added, changed ones replaced, unchanged ones skipped.
+
+        ``progress(done, total)`` is told how many chunks are embedded, as they are.
+        """
         name = self.collection(collection)
         ids = [doc.id or default_document_id(doc.text) for doc in documents]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -195,7 +204,9 @@ class KnowledgeBase:
                 else:
                     to_write.append(i)
             if to_write:
-                written, chunks = self._write(name, documents, ids, hashes, to_write, existing)
+                written, chunks = self._write(
+                    name, documents, ids, hashes, to_write, existing, progress
+                )
                 for i in to_write:
                     status = "updated" if existing.get(ids[i]) else "created"
                     outcomes[i] = IngestOutcome(ids[i], status, written[i])
@@ -231,6 +242,7 @@ class KnowledgeBase:
         hashes: Sequence[str],
         indexes: Sequence[int],
         existing: dict[str, list[StoredChunk]],
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[dict[int, int], list[StoredChunk]]:
         new_chunks: list[StoredChunk] = []
         texts: list[str] = []
@@ -265,7 +277,7 @@ class KnowledgeBase:
                 )
                 texts.append(piece.text)
         # Embed everything before the first write: a failure here leaves the store untouched.
-        vectors = self.embedder.encode(texts)
+        vectors = self._encode(texts, progress)
         new_chunks = [
             StoredChunk(c.id, c.text, c.metadata, vectors[k]) for k, c in enumerate(new_chunks)
         ]
@@ -286,6 +298,16 @@ class KnowledgeBase:
             self._restore(collection, new_ids, previous)
             raise
         return chunk_counts, new_chunks
+
+    def _encode(self, texts: list[str], progress: Callable[[int, int], None] | None) -> np.ndarray:
+        if progress is None:
+            return self.embedder.encode(texts)
+        # In slices, so that a long upload can say how far it is.
+        parts = []
+        for first in range(0, len(texts), _PROGRESS_SLICE):
+            parts.append(self.embedder.encode(texts[first : first + _PROGRESS_SLICE]))
+            progress(min(first + _PROGRESS_SLICE, len(texts)), len(texts))
+        return np.vstack(parts)
 
     def _pieces(self, document: DocumentInput) -> list[tuple[Chunk, Segment | None]]:
         """Chunk a document; no chunk crosses a page, and each is labelled where it starts.
@@ -346,12 +368,20 @@ class KnowledgeBase:
     def list_documents(
         self, collection: str | None = None, *, limit: int = 50, offset: int = 0
     ) -> dict[str, Any]:
-        """Return a page of the collection's documents (in store order) and how many there are."""
+        """Return a page of the collection's documents, newest first, and how many there are."""
         name = self.collection(collection)
         self.store.ensure_collection(name, create=name == self.default_collection)
-        # A document's first chunk carries what the list shows; every document has one.
-        total = len(self.store.get(name, where={POSITION: 0}))
-        firsts = self.store.get(name, where={POSITION: 0}, limit=limit, offset=offset)
+        # A document's first chunk carries what the list shows; every document has one. All are
+        # read (metadata only) to order them: Chroma returns them in its own order.
+        everything = self.store.get(name, where={POSITION: 0})
+        everything.sort(
+            key=lambda c: (
+                -float(c.metadata.get(INGESTED_AT, 0) or 0),
+                str(c.metadata[DOCUMENT_ID]),
+            )
+        )
+        total = len(everything)
+        firsts = everything[offset : offset + limit]
         documents = []
         for chunk in firsts:
             metadata = chunk.metadata

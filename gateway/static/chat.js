@@ -47,6 +47,11 @@ function showSources(turn, sources) {
     const details = element("details");
     const title = source.metadata?.title || source.metadata?.question || source.document_id;
     details.append(element("summary", null, `${title} — score ${Number(source.score).toFixed(2)}`));
+    // Where it came from: "manual.pdf · page 12 · Wiring".
+    const where = [source.source || source.document_id];
+    if (source.page) where.push(`page ${source.page}`);
+    if (source.section) where.push(source.section);
+    details.append(element("p", "citation", where.join(" · ")));
     details.append(element("blockquote", null, source.text));
     details.append(element("p", "hint", `document ${source.document_id}`));
     entry.append(details);

@@ -148,3 +148,63 @@ def test_docs_render_from_local_assets_only(live_stack: LiveStack, page: Any) ->
     hosts = {urlsplit(u).netloc for u in page.requested if not u.startswith("data:")}
     assert hosts == {f"{DOCS_HOST}:{port}"}, page.requested
     assert page.errors == []
+
+
+def test_documents_panel_uploads_lists_and_deletes_a_file(
+    live_stack: LiveStack, page: Any, tmp_path: Path
+) -> None:
+    from tests.gateway.conftest import LIVE_ADMIN_KEY
+    from tests.retriever_service.sample_files import pdf_bytes
+
+    manual = tmp_path / "kiosk-manual.pdf"
+    manual.write_bytes(
+        pdf_bytes(
+            [
+                "Lobby kiosk manual. Welcome.",
+                "Resetting. Hold the kiosk power key for 12 seconds to reset it.",
+            ],
+            title="Lobby kiosk manual",
+        )
+    )
+    page.goto(f"{live_stack.url}/")
+    # Keyboard: open the panel, give the key, show the documents.
+    tab_to(page, "#documents summary")
+    page.keyboard.press("Enter")
+    tab_to(page, "#admin-key")
+    page.keyboard.type(LIVE_ADMIN_KEY)
+    page.keyboard.press("Enter")
+    page.locator("#document-count").wait_for(state="visible")
+    before = page.locator("#document-rows tr").count()
+    assert before > 0
+
+    page.set_input_files("#files", str(manual))
+    tab_to(page, "#upload")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "document.getElementById('upload-status').textContent.startsWith('Done')"
+    )
+    assert page.locator("#upload-progress").evaluate("bar => bar.value") == 100
+    assert "kiosk-manual.pdf: added" in page.locator("#upload-results").inner_text()
+    row = page.locator("#document-rows tr", has_text="kiosk-manual.pdf")
+    row.wait_for(state="visible")
+    assert "Lobby kiosk manual" in row.inner_text()
+    assert "pdf" in row.inner_text()
+
+    # A file that cannot be read is reported by name, and stores nothing.
+    broken = tmp_path / "broken.docx"
+    broken.write_bytes(b"not a zip")
+    page.set_input_files("#files", str(broken))
+    page.click("#upload")
+    page.wait_for_function(
+        "document.getElementById('upload-status').textContent.startsWith('Done')"
+    )
+    assert "broken.docx: not added" in page.locator("#upload-results").inner_text()
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Delete Lobby kiosk manual").click()
+    page.wait_for_function(
+        "document.getElementById('upload-status').textContent.startsWith('Deleted')"
+    )
+    assert page.locator("#document-rows tr", has_text="kiosk-manual.pdf").count() == 0
+    assert page.locator("#document-rows tr").count() == before
+    assert page.errors == []

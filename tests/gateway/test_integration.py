@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import requests
 
-from gateway.schemas import AskResponse
+from gateway.schemas import AskResponse, UploadResponse
 from gateway.text import content_words
 from tests.conftest import FIXTURES_DIR, REPO_ROOT
 from tests.gateway.conftest import LIVE_ADMIN_KEY, LiveStack, parse_events
+from tests.retriever_service.sample_files import pdf_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -215,6 +216,54 @@ def test_documents_added_and_deleted_through_the_gateway(live_stack: LiveStack) 
     price = ask(live_stack.url, "what's the monthly price for comfort plus?")
     assert price["sources"][0]["document_id"] == "faq-001"
     assert requests.post(f"{live_stack.url}/v1/documents", json={}, timeout=10).status_code == 401
+
+
+def test_a_pdf_uploaded_through_the_gateway_is_cited_by_its_page(live_stack: LiveStack) -> None:
+    headers = {"Authorization": f"Bearer {LIVE_ADMIN_KEY}"}
+    pages = [
+        "Brightfern boiler manual. Read all safety notes before you begin.",
+        "Descaling. Run the descaling cycle every 14 months with the citric acid kit BF-22.",
+        "Disposal. Return the unit to a recycling centre at the end of its life.",
+    ]
+    pdf = pdf_bytes(pages, bookmarks={1: "Safety", 2: "Maintenance"})
+
+    def upload(*files: tuple[str, bytes]) -> list[dict[str, Any]]:
+        response = requests.post(
+            f"{live_stack.url}/v1/files",
+            files=[("file", (name, content)) for name, content in files],
+            headers=headers,
+            timeout=300,
+        )
+        assert response.status_code == 200, response.text
+        UploadResponse.model_validate(response.json())
+        return response.json()["files"]
+
+    first, refused = upload(("boiler-manual.pdf", pdf), ("photo.png", b"\x89PNG\r\n"))
+    assert first["status"] == "created", first
+    assert refused["status"] == "error"
+    assert refused["error"]["code"] == "unsupported_type"
+    [again] = upload(("boiler-manual.pdf", pdf))
+    assert again["status"] == "unchanged"
+
+    answer = ask(live_stack.url, "How often should I run the descaling cycle on the boiler?")
+    assert answer["mode"] != "no_answer", answer
+    [source] = [s for s in answer["sources"] if s["document_id"] == "boiler-manual.pdf"][:1]
+    assert source["page"] == 2
+    assert source["section"] == "Maintenance"
+    assert source["source"] == "boiler-manual.pdf"
+    assert "14 months" in source["text"]
+
+    listed = requests.get(
+        f"{live_stack.url}/v1/documents", params={"limit": 500}, headers=headers, timeout=60
+    )
+    assert listed.status_code == 200, listed.text
+    entry = next(d for d in listed.json()["documents"] if d["id"] == "boiler-manual.pdf")
+    assert entry["type"] == "pdf"
+    assert entry["metadata"]["pages"] == 3
+    deleted = requests.delete(
+        f"{live_stack.url}/v1/documents/boiler-manual.pdf", headers=headers, timeout=60
+    )
+    assert deleted.status_code == 200, deleted.text
 
 
 # Asked as a new user would; data/guides/troubleshooting.md lists each code word for word, and

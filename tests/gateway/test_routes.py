@@ -158,7 +158,11 @@ def test_openapi_lists_every_route_with_schemas(make_gateway: Callable[..., Flas
         for method, operation in item.items():
             ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
             assert ok["$ref"].split("/")[-1] in schemas, (method, path)
-            if method == "post":
+            if method == "post" and path == "/v1/files":
+                form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+                assert form["required"] == ["file"]
+                assert form["properties"]["file"]["items"]["format"] == "binary"
+            elif method == "post":
                 body = operation["requestBody"]["content"]["application/json"]["schema"]
                 assert body["$ref"].split("/")[-1] in schemas, (method, path)
             for status, spec in operation["responses"].items():
@@ -248,3 +252,26 @@ def test_chat_page_is_served_with_local_assets_only(gateway: Any) -> None:
 
 def test_unknown_static_file_is_404_in_the_envelope(gateway: Any) -> None:
     assert_error_envelope(gateway.get("/static/nope.js"), 404)
+
+
+def test_uploads_need_the_admin_key_a_file_and_a_size_under_the_limit(
+    make_gateway: Callable[..., Flask], fake_retriever: FakeRetriever
+) -> None:
+    import io
+
+    client = make_gateway(admin_api_key="admin-k", max_upload_bytes=2048).test_client()
+    admin = {"Authorization": "Bearer admin-k"}
+
+    def post(data: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+        return client.post(
+            "/v1/files", data=data, headers=headers, content_type="multipart/form-data"
+        )
+
+    assert_error_envelope(post({"file": [(io.BytesIO(b"x"), "a.txt")]}), 401)
+    error = assert_error_envelope(post({}, admin), 422)
+    assert error["details"][0]["field"] == "file"
+    error = assert_error_envelope(post({"file": [(io.BytesIO(b"x" * 5000), "a.txt")]}, admin), 413)
+    assert "2048" in error["message"]
+    assert_error_envelope(client.get("/v1/documents"), 401)
+    # Refused at the gateway: nothing reached the retriever.
+    assert fake_retriever.calls_to("/v1/files") == []

@@ -206,9 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         del kb
         if not args.no_service:
             print("through the service: ingesting, then searching...", flush=True)
-            service_dir = Path(tmp) / "service"
-            service_dir.mkdir()
-            figures["service"] = corpus.service_figures(texts, queries, service_dir)
+            figures["service"] = corpus.service_figures(texts, queries, Path(tmp) / "service")
     figures.update(
         chunks=args.size,
         queries=len(queries),

@@ -39,6 +39,14 @@ from qa_common.web import create_service_app, parse_body, sse_event, sse_respons
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The pages load only their own scripts, styles and API: no inline script, no framing.
+_PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# Swagger UI sets style attributes from its script; its scripts are still our files only.
+_DOCS_POLICY = _PAGE_POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 NDJSON = "application/x-ndjson"
 API_VERSION = "1.0.0"
 _COLLECTION_PARAM = {
@@ -242,6 +250,16 @@ def create_app(
     admin_key = config.admin_api_key.get_secret_value() if config.admin_api_key else None
     ask_keys = config.ask_keys
     openapi_document = build_openapi(OPERATIONS, title="grounded-qa gateway", version=API_VERSION)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if response.mimetype == "text/html":
+            docs = request.path.startswith("/docs")
+            response.headers["Content-Security-Policy"] = _DOCS_POLICY if docs else _PAGE_POLICY
+            response.headers["X-Frame-Options"] = "DENY"
+            response.headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     def require_admin() -> None:
         if admin_key is None:

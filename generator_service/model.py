@@ -34,6 +34,14 @@ class HFTokenCounter:
         self._tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        # Text that the tokenizer would read as a control token ("<|im_end|>", "</s>"): the
+        # prompt builder takes these out of untrusted text.
+        specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        specials |= {t.content for t in decoder.values() if getattr(t, "special", False)}
+        self.control_tokens: tuple[str, ...] = tuple(
+            sorted((t for t in specials if t and not t.isspace()), key=len, reverse=True)
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)

@@ -17,6 +17,7 @@ turns go. Room for ``max_new_tokens`` is always kept.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -28,6 +29,21 @@ Role = Literal["user", "assistant"]
 ChatFormat = Callable[[list[dict[str, str]]], str]
 # A shortened snippet shorter than this is noise rather than context.
 MIN_SNIPPET_TOKENS = 8
+# Control tokens of the common chat formats (GPT-2, ChatML, Llama 3...), written as text: taken
+# out of what users and documents say even when the tokenizer is not known (a remote model).
+_CONTROL_TOKEN_TEXT = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>")
+
+
+def neutralize(text: str, control_tokens: Sequence[str] = ()) -> str:
+    """Remove control tokens from untrusted text, so that it cannot end or forge a turn.
+
+    A document or a question holding "<|im_end|>" would otherwise be tokenized as the model's
+    own end of turn; removed, the rest of the text reads the same.
+    """
+    for token in control_tokens:
+        if token and token in text:
+            text = text.replace(token, "")
+    return _CONTROL_TOKEN_TEXT.sub("", text)
 
 
 class TokenCounter(Protocol):
@@ -247,10 +263,13 @@ class PromptBuilder:
     ) -> Prompt:
         """Fit question, snippets and history into the budget; raise when the question can't fit."""
         budget = self.context_tokens - max_new_tokens
-        question = question.strip()
-        snippets = [s.strip() for s in snippets if s.strip()][: self.max_snippets]
+        controls = getattr(self.counter, "control_tokens", ())
+        question = neutralize(question, controls).strip()
+        snippets = [neutralize(s, controls).strip() for s in snippets]
+        snippets = [s for s in snippets if s][: self.max_snippets]
         offered_snippets = len(snippets)
-        history = [Turn(t.role, t.text.strip()) for t in history if t.text.strip()]
+        history = [Turn(t.role, neutralize(t.text, controls).strip()) for t in history]
+        history = [t for t in history if t.text]
         history = history[-self.max_history_turns :] if self.max_history_turns else []
         offered_history = len(history)
 

@@ -74,6 +74,7 @@ class ServiceProcess:
         if self.on_output is not None:
             stdout = subprocess.PIPE
         elif self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             stdout = self._log_file
         self.process = subprocess.Popen(

@@ -275,3 +275,18 @@ def test_uploads_need_the_admin_key_a_file_and_a_size_under_the_limit(
     assert_error_envelope(client.get("/v1/documents"), 401)
     # Refused at the gateway: nothing reached the retriever.
     assert fake_retriever.calls_to("/v1/files") == []
+
+
+def test_pages_carry_a_content_security_policy_without_inline_script(gateway: Any) -> None:
+    for path in ("/", "/docs"):
+        response = gateway.get(path)
+        assert response.status_code == 200
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self';" in policy
+        assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+    api = gateway.get("/healthz")
+    assert api.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Security-Policy" not in api.headers

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import BENCHMARKS_MD, machine_line, write_section
+from qa_common.http_client import internal_auth_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIUM = {"layers": 24, "width": 1024, "heads": 16, "vocab": 50257, "context": 1024}
@@ -260,6 +261,7 @@ def measure_http(
             response = requests.post(
                 f"{base}/v1/generate",
                 json={**body, "max_new_tokens": tokens, "min_new_tokens": tokens},
+                headers=internal_auth_headers(),
                 timeout=600,
             )
             response.raise_for_status()

@@ -77,6 +77,7 @@ def service_figures(paths: Sequence[Path], workdir: Path) -> dict[str, list[floa
     """Upload each file to a real gunicorn retriever; seconds per pass, new then unchanged."""
     import requests
 
+    from qa_common.http_client import internal_auth_headers
     from qa_common.process import ServiceProcess
 
     service = ServiceProcess(
@@ -88,6 +89,7 @@ def service_figures(paths: Sequence[Path], workdir: Path) -> dict[str, list[floa
     with service:
         service.wait_ready(timeout_s=300)
         session = requests.Session()
+        session.headers.update(internal_auth_headers())
         for label in ("new", "unchanged"):
             started = time.perf_counter()
             for path in paths:

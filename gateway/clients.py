@@ -16,11 +16,13 @@ from qa_common.http_client import ServiceClient
 
 
 def _replica_options(config: GatewayConfig) -> dict[str, Any]:
-    """Retry and replica settings both downstream clients share."""
+    """Retry, replica and key settings both downstream clients share."""
+    key = config.internal_api_key
     return {
         "connect_retries": config.connect_retries,
         "replica_cooldown_s": config.replica_cooldown_s,
         "dns_refresh_s": config.dns_refresh_s,
+        "api_key": key.get_secret_value() if key else None,
     }
 
 

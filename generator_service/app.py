@@ -128,7 +128,7 @@ def create_app(
 ) -> Flask:
     """Build the generator app; the model loads here, once, never at import time."""
     config = config or load_config()
-    app, http_metrics = create_service_app(__name__, "generator", config)
+    app, http_metrics = create_service_app(__name__, "generator", config, internal=True)
     app.extensions["generator_config"] = config
     metrics = GeneratorMetrics(http_metrics.registry)
     template: PromptTemplate | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -22,6 +22,11 @@ class ServiceSettings(BaseSettings):
     )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    internal_api_key: SecretStr | None = Field(
+        None,
+        description="Key the services use between themselves: the retriever and the generator "
+        "require it (but on /healthz, /readyz, /metrics); the gateway and the tools send it.",
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from qa_common.errors import (
@@ -28,6 +30,30 @@ from qa_common.errors import (
 from qa_common.request_context import REQUEST_ID_HEADER, get_request_id
 
 log = logging.getLogger(__name__)
+# Calls that may be sent twice: a replica that dropped one after it was sent is not asked again
+# for anything else (a POST that crashes a replica would be sent to every replica in turn).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def internal_auth_headers() -> dict[str, str]:
+    """Return the header that carries ``INTERNAL_API_KEY`` from the environment, if it is set."""
+    key = os.environ.get("INTERNAL_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class ConnectionLost(BadGateway):
+    """The request was sent, then the connection broke: it may have been processed (502)."""
+
+    code = "connection_lost"
+
+
+def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """Tell whether a connection error happened before any of the request was sent."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    # Refused, unresolvable (NameResolutionError is a NewConnectionError) or timed out while
+    # connecting: nothing reached the server.
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
 class ReplicaPool:
@@ -137,6 +163,7 @@ class ServiceClient:
         headers: dict[str, str] | None = None,
         replica_cooldown_s: float = 10.0,
         dns_refresh_s: float = 15.0,
+        api_key: str | None = None,
     ) -> None:
         self.service = service
         urls = [u.strip() for u in base_url.split(",")] if isinstance(base_url, str) else base_url
@@ -163,6 +190,9 @@ class ServiceClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers or {})
+        if api_key:
+            # Sent on every call; the session never logs its headers.
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -191,7 +221,7 @@ class ServiceClient:
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         timeout = self.timeout if read_timeout_s is None else (self.timeout[0], read_timeout_s)
-        unavailable: DependencyUnavailable | None = None
+        unavailable: DependencyUnavailable | ConnectionLost | None = None
         for base_url in self.replicas.candidates():
             try:
                 response = self._send(
@@ -209,6 +239,17 @@ class ServiceClient:
             except DependencyUnavailable as exc:
                 self.replicas.mark_failed(base_url)
                 log.warning("%s replica %s unreachable; trying the next", self.service, base_url)
+                unavailable = exc
+                continue
+            except ConnectionLost as exc:
+                # Sent, then the connection died: the replica may have done the work. Only a
+                # call that can be repeated safely goes to the next replica.
+                self.replicas.mark_failed(base_url)
+                if method.upper() not in IDEMPOTENT_METHODS:
+                    raise
+                log.warning(
+                    "%s replica %s dropped a %s; trying the next", self.service, base_url, method
+                )
                 unavailable = exc
                 continue
             self.replicas.mark_ok(base_url)
@@ -232,8 +273,13 @@ class ServiceClient:
                 f"{self.service} did not answer within {timeout[1]:g}s.", dependency=self.service
             ) from exc
         except requests.exceptions.ConnectionError as exc:
-            raise DependencyUnavailable(
-                f"{self.service} at {base_url} cannot be reached.", dependency=self.service
+            if _never_sent(exc):
+                raise DependencyUnavailable(
+                    f"{self.service} at {base_url} cannot be reached.", dependency=self.service
+                ) from exc
+            raise ConnectionLost(
+                f"{self.service} closed the connection before answering.",
+                dependency=self.service,
             ) from exc
         except requests.exceptions.RequestException as exc:
             raise BadGateway(

@@ -3,6 +3,7 @@ shedding, access logs and Prometheus metrics."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from qa_common.errors import (
     Overloaded,
     PayloadTooLarge,
     ServiceError,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -50,6 +52,8 @@ T = TypeVar("T")
 
 # Probes and scrapes must answer even when the service sheds load.
 UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics_endpoint", "static"})
+# Answered without the internal key: what probes and Prometheus call.
+OPEN_ENDPOINTS = frozenset({"healthz", "readyz", "metrics_endpoint"})
 
 
 def error_response(error: ServiceError) -> Response:
@@ -154,9 +158,12 @@ class HttpMetrics:
         return generate_latest(self.registry)
 
 
-def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) -> HttpMetrics:
-    """Wire request ids, access logs, load shedding, metrics and JSON errors into an app."""
+def install_service_plumbing(
+    app: Flask, service: str, *, max_in_flight: int, internal_key: str | None = None
+) -> HttpMetrics:
+    """Wire request ids, access logs, keys, load shedding, metrics and JSON errors into an app."""
     limiter = InFlightLimiter(max_in_flight)
+    expected = f"Bearer {internal_key}".encode() if internal_key else None
     http_metrics = HttpMetrics(service)
     app.extensions["http_metrics"] = http_metrics
     app.extensions["in_flight_limiter"] = limiter
@@ -166,6 +173,14 @@ def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) ->
         set_request_id(accept_request_id(request.headers.get(REQUEST_ID_HEADER)))
         g.request_started = time.perf_counter()
         g.holds_slot = False
+        if expected is not None and request.endpoint not in OPEN_ENDPOINTS:
+            sent = request.headers.get("Authorization", "").encode()
+            # Constant time: the comparison must not tell how much of a guess was right.
+            if not hmac.compare_digest(sent, expected):
+                raise Unauthorized(
+                    f"The {service} answers other services only: send "
+                    "Authorization: Bearer <INTERNAL_API_KEY>."
+                )
         if request.endpoint in UNLIMITED_ENDPOINTS:
             return
         if not limiter.try_acquire():
@@ -238,14 +253,26 @@ def install_service_plumbing(app: Flask, service: str, *, max_in_flight: int) ->
 
 
 def create_service_app(
-    import_name: str, service: str, settings: ServiceSettings, **flask_options: Any
+    import_name: str,
+    service: str,
+    settings: ServiceSettings,
+    *,
+    internal: bool = False,
+    **flask_options: Any,
 ) -> tuple[Flask, HttpMetrics]:
-    """Build a service's Flask app with logging, limits, plumbing and ``/healthz`` in place."""
+    """Build a service's Flask app with logging, limits, plumbing and ``/healthz`` in place.
+
+    An ``internal`` service (called by other services only) requires ``INTERNAL_API_KEY`` on
+    every route but the probes and metrics, when the key is set.
+    """
     configure_logging(service, settings.log_level, settings.log_format)
     app = Flask(import_name, **flask_options)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    http_metrics = install_service_plumbing(app, service, max_in_flight=settings.max_in_flight)
+    key = settings.internal_api_key.get_secret_value() if settings.internal_api_key else None
+    http_metrics = install_service_plumbing(
+        app, service, max_in_flight=settings.max_in_flight, internal_key=key if internal else None
+    )
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -178,7 +178,7 @@ def create_app(
 ) -> Flask:
     """Build the retriever app; the model loads here, once, never at import time."""
     config = config or load_config()
-    app, _ = create_service_app(__name__, "retriever", config)
+    app, _ = create_service_app(__name__, "retriever", config, internal=True)
     app.extensions["retriever_config"] = config
 
     kb: KnowledgeBase | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -13,6 +14,8 @@ class RetrieverClient(ServiceClient):
     """Calls a running retriever over HTTP."""
 
     def __init__(self, base_url: str, *, read_timeout_s: float = 300.0, **kwargs: Any) -> None:
+        # The tools (ingest, evaluate, benchmarks) send the key the services share, if set.
+        kwargs.setdefault("api_key", os.environ.get("INTERNAL_API_KEY") or None)
         super().__init__("retriever", base_url, read_timeout_s=read_timeout_s, **kwargs)
 
     def ingest(

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qa_common.process import ServiceProcess
 
@@ -38,12 +39,13 @@ def _compose(*files: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-SECRETS = ("ADMIN_API_KEY",)
+SECRETS = ("ADMIN_API_KEY", "INTERNAL_API_KEY")
+KEYS = {"ADMIN_API_KEY": "test-key", "INTERNAL_API_KEY": "internal-key"}
 
 
 @pytest.fixture(scope="module")
 def compose_config() -> dict:
-    result = _compose("docker-compose.yml", env={"ADMIN_API_KEY": "test-key"})
+    result = _compose("docker-compose.yml", env=KEYS)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -66,9 +68,7 @@ def test_no_secret_has_a_default() -> None:
 
 
 def test_gpu_override_reserves_a_gpu_for_the_generator() -> None:
-    result = _compose(
-        "docker-compose.yml", "docker-compose.gpu.yml", env={"ADMIN_API_KEY": "test-key"}
-    )
+    result = _compose("docker-compose.yml", "docker-compose.gpu.yml", env=KEYS)
     assert result.returncode == 0, result.stderr
     generator = json.loads(result.stdout)["services"]["generator"]
     devices = generator["deploy"]["resources"]["reservations"]["devices"]
@@ -142,3 +142,14 @@ def test_state_and_models_live_on_named_volumes(compose_config: dict) -> None:
     assert any(v["source"] == "chroma-data" for v in services["chroma"]["volumes"])
     for name in ("retriever", "generator"):
         assert any(v["source"] == "hf-cache" for v in services[name]["volumes"])
+
+
+def test_every_service_that_talks_to_another_shares_the_internal_key(
+    compose_config: dict,
+) -> None:
+    for name in ("gateway", "retriever", "generator"):
+        environment = compose_config["services"][name].get("environment", {})
+        assert environment.get("INTERNAL_API_KEY") == "internal-key", name
+    # The ingest tool sits in a profile (not in the default config): read the file itself.
+    ingest = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ingest"]
+    assert ingest["environment"]["INTERNAL_API_KEY"].startswith("${INTERNAL_API_KEY:?")

@@ -425,6 +425,13 @@ def test_keys_come_from_the_secret_and_are_never_inlined(objects: list[dict[str,
         for item in container.get("env", []):
             if re.search(r"KEY|TOKEN|PASSWORD", item["name"]):
                 assert "value" not in item, f"{name}: {item['name']} is inlined"
+    # The key the services share reaches every service, from the Secret, and is required.
+    for name in ("gateway", "retriever", "generator"):
+        entries = {i["name"]: i for i in _service_container(objects, name).get("env", [])}
+        ref = entries["INTERNAL_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret_name
+        assert ref["key"] in example["stringData"]
+        assert not ref.get("optional", False), name
 
 
 # -- scaling -----------------------------------------------------------------------------------

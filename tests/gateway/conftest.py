@@ -391,6 +391,8 @@ def parse_events(text: str) -> list[tuple[str, Any]]:
 
 
 LIVE_ADMIN_KEY = "live-admin-key-3c4d"
+# The live stack runs as deployed: the retriever and the generator answer only with this key.
+LIVE_INTERNAL_KEY = "live-internal-key-8e1f"
 
 
 class LiveStack:
@@ -406,6 +408,7 @@ class LiveStack:
             env={
                 "CHROMA_PATH": str(root / "chroma"),
                 "HF_HUB_OFFLINE": "1",
+                "INTERNAL_API_KEY": LIVE_INTERNAL_KEY,
                 "RETRIEVER_THREADS": "8",
                 "LOG_LEVEL": "WARNING",
             },
@@ -417,6 +420,7 @@ class LiveStack:
             "GENERATOR_MAX_NEW_TOKENS": "24",
             "GENERATOR_THREADS": "16",
             "HF_HUB_OFFLINE": "1",
+            "INTERNAL_API_KEY": LIVE_INTERNAL_KEY,
             "LOG_LEVEL": "WARNING",
             **(generator_env or {}),
         }
@@ -446,14 +450,18 @@ class LiveStack:
                 "--quiet",
             ],
             cwd=REPO_ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "INTERNAL_API_KEY": LIVE_INTERNAL_KEY},
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
         assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-        stats = requests.get(f"{self.retriever.url}/v1/stats", timeout=10).json()
+        stats = requests.get(
+            f"{self.retriever.url}/v1/stats",
+            headers={"Authorization": f"Bearer {LIVE_INTERNAL_KEY}"},
+            timeout=10,
+        ).json()
         assert stats["documents"] >= 50, stats
         assert stats["chunks"] >= stats["documents"], stats
         self.generator.wait_ready(timeout_s=180)
@@ -464,6 +472,7 @@ class LiveStack:
                 "GENERATOR_URL": self.generator.url,
                 "REPLICA_COOLDOWN_S": "1",
                 "ADMIN_API_KEY": LIVE_ADMIN_KEY,
+                "INTERNAL_API_KEY": LIVE_INTERNAL_KEY,
                 "GENERATOR_READ_TIMEOUT_S": "60",
                 "GATEWAY_WORKERS": "2",
                 "LOG_LEVEL": "INFO",

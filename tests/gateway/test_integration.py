@@ -16,7 +16,7 @@ import requests
 from gateway.schemas import AskResponse, UploadResponse
 from gateway.text import content_words
 from tests.conftest import FIXTURES_DIR, REPO_ROOT
-from tests.gateway.conftest import LIVE_ADMIN_KEY, LiveStack, parse_events
+from tests.gateway.conftest import LIVE_ADMIN_KEY, LIVE_INTERNAL_KEY, LiveStack, parse_events
 from tests.retriever_service.sample_files import pdf_bytes
 
 pytestmark = pytest.mark.slow
@@ -266,6 +266,28 @@ def test_a_pdf_uploaded_through_the_gateway_is_cited_by_its_page(live_stack: Liv
     assert deleted.status_code == 200, deleted.text
 
 
+def test_the_retriever_and_generator_answer_only_with_the_internal_key(
+    live_stack: LiveStack,
+) -> None:
+    key = {"Authorization": f"Bearer {LIVE_INTERNAL_KEY}"}
+    for service, path, body in (
+        (live_stack.retriever, "/v1/search", {"query": "room sensor battery"}),
+        (live_stack.generator, "/v1/generate", {"question": "hi", "snippets": ["hello"]}),
+    ):
+        for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "x"}):
+            refused = requests.post(f"{service.url}{path}", json=body, headers=headers, timeout=60)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "unauthorized"
+        answered = requests.post(f"{service.url}{path}", json=body, headers=key, timeout=120)
+        assert answered.status_code == 200, answered.text
+        # Probes and metrics stay open: kubelets and Prometheus carry no key.
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert requests.get(f"{service.url}{open_path}", timeout=60).status_code == 200
+    # The gateway sends it: answers still come from the documents.
+    assert "CR2477" in ask(live_stack.url, "what battery does the room sensor take?")["answer"]
+    assert LIVE_INTERNAL_KEY not in live_stack.logs()
+
+
 # Asked as a new user would; data/guides/troubleshooting.md lists each code word for word, and
 # MiniLM embeds its E1–E7 lines almost alike.
 EXACT_TERM_QUESTIONS = [
@@ -287,6 +309,7 @@ def test_exact_codes_are_answered_with_hybrid_search_where_dense_fails(
             # Nothing listens there: answers are extractive, so the retrieval decides them.
             generator_url=f"http://127.0.0.1:{free_port()}",
             search_mode=mode,
+            internal_api_key=LIVE_INTERNAL_KEY,
         )
         return create_app(config).test_client()
 

@@ -19,7 +19,7 @@ from gateway.grounding import facts
 from gateway.schemas import AskResponse
 from gateway.text import content_words
 from tests.conftest import FIXTURES_DIR, REPO_ROOT
-from tests.gateway.conftest import FakeGenerator, LiveStack
+from tests.gateway.conftest import LIVE_INTERNAL_KEY, FakeGenerator, LiveStack
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,9 @@ def test_the_trials_wrong_answers_are_never_shown_as_generated(
     fake_generator.answer = lambda body: WRONG.get(body["question"], "")
     app = create_app(
         GatewayConfig(
-            retriever_url=real_model_stack.retriever.url, generator_url=fake_generator.url
+            retriever_url=real_model_stack.retriever.url,
+            generator_url=fake_generator.url,
+            internal_api_key=LIVE_INTERNAL_KEY,
         )
     )
     client = app.test_client()

@@ -254,3 +254,67 @@ def test_connection_refused_is_retried_until_the_server_listens() -> None:
             server_box["server"].shutdown()
             server_box["server"].server_close()
         thread.join(timeout=10)
+
+
+class DroppingServer:
+    """A raw socket server that reads one request, then closes without answering."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            with connection:
+                self.requests.append(connection.recv(65536))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_post_dropped_after_it_was_sent_goes_nowhere_else(downstream: Downstream) -> None:
+    dropping = DroppingServer()
+    client = ServiceClient(
+        "down", [dropping.url, downstream.url], retry_backoff_s=0.0, replica_cooldown_s=0.0
+    )
+    # Start every request at the dropping replica.
+    client.replicas.candidates = lambda: [dropping.url, downstream.url]  # type: ignore[method-assign]
+    try:
+        with pytest.raises(BadGateway) as caught:
+            client.request_json("POST", "/ok", json={"crash": "me"})
+        assert caught.value.status == 502
+        assert caught.value.code == "connection_lost"
+        assert len(dropping.requests) == 1
+        assert b"POST /ok" in dropping.requests[0]
+        assert downstream.hits.get("/ok", 0) == 0
+        # A read can be repeated safely: it moves on to the next replica.
+        assert client.request_json("GET", "/ok") == {"ok": True, "echo": None}
+        assert downstream.hits["/ok"] == 1
+    finally:
+        client.close()
+        dropping.close()
+
+
+def test_a_refused_connection_fails_over_even_for_a_post(downstream: Downstream) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    client = ServiceClient("down", [closed, downstream.url], connect_retries=0, retry_backoff_s=0.0)
+    client.replicas.candidates = lambda: [closed, downstream.url]  # type: ignore[method-assign]
+    try:
+        assert client.request_json("POST", "/ok", json={"n": 1})["echo"] == {"n": 1}
+        assert downstream.hits["/ok"] == 1
+    finally:
+        client.close()

@@ -305,3 +305,41 @@ def test_in_flight_limit_answers_429_and_probes_stay_open() -> None:
         assert requests.post(url + "/v1/echo", json={"name": "x"}, timeout=10).status_code == 200
         metrics = requests.get(url + "/metrics", timeout=10).text
         assert 'http_requests_in_flight{service="testsvc"} 0.0' in metrics
+
+
+def test_an_internal_service_answers_only_with_the_internal_key() -> None:
+    from pydantic import SecretStr
+
+    from qa_common.config import ServiceSettings
+    from qa_common.web import create_service_app
+
+    settings = ServiceSettings(internal_api_key=SecretStr("s3cret-key"))
+    app, _ = create_service_app(__name__, "internal-test", settings, internal=True)
+
+    @app.post("/v1/work")
+    def work() -> Any:
+        return {"done": True}
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        return {"status": "ready"}
+
+    client = app.test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+        refused = client.post("/v1/work", json={}, headers=headers)
+        assert refused.status_code == 401
+        assert refused.get_json()["error"]["code"] == "unauthorized"
+        assert "INTERNAL_API_KEY" in refused.get_json()["error"]["message"]
+    allowed = client.post("/v1/work", json={}, headers={"Authorization": "Bearer s3cret-key"})
+    assert allowed.get_json() == {"done": True}
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    # A public service built from the same settings asks for nothing.
+    public, _ = create_service_app(__name__, "public-test", settings)
+
+    @public.post("/v1/work")
+    def public_work() -> Any:
+        return {"done": True}
+
+    assert public.test_client().post("/v1/work", json={}).status_code == 200

@@ -12,6 +12,13 @@ from qa_common.config import ServiceSettings, load_settings
 class GatewayConfig(ServiceSettings):
     """Everything the gateway reads from its environment."""
 
+    # Read by gunicorn.conf.py too: the in-flight bound (MAX_IN_FLIGHT) is set below it.
+    gateway_threads: int = Field(16, ge=1, le=1024)
+
+    @property
+    def worker_threads(self) -> int:
+        return self.gateway_threads
+
     retriever_url: str = "http://127.0.0.1:8001"
     generator_url: str = "http://127.0.0.1:8002"
     retriever_connect_timeout_s: float = Field(1.0, gt=0, le=60)

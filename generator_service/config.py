@@ -18,6 +18,13 @@ MAX_NEW_TOKENS_CAP = 256
 class GeneratorConfig(ServiceSettings):
     """Everything the generator reads from its environment."""
 
+    # Read by gunicorn.conf.py too: the in-flight bound (MAX_IN_FLIGHT) is set below it.
+    generator_threads: int = Field(48, ge=1, le=1024)
+
+    @property
+    def worker_threads(self) -> int:
+        return self.generator_threads
+
     generator_backend: Literal["local", "openai"] = "local"
 
     # The local model (transformers): a hub name, a directory, a .gguf file, or a bundled model.

@@ -17,8 +17,13 @@ class ServiceSettings(BaseSettings):
 
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
-    max_in_flight: int = Field(
-        32, ge=1, le=10_000, description="Requests served at once before answering 429."
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Requests served at once per worker before answering 429; default: the "
+        "worker's threads minus 2, so that the bound is reached before requests queue inside "
+        "gunicorn, and two threads stay free to answer 429 at once.",
     )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
@@ -28,6 +33,16 @@ class ServiceSettings(BaseSettings):
         description="Key the services use between themselves: the retriever and the generator "
         "require it (but on /healthz, /readyz, /metrics); the gateway and the tools send it.",
     )
+
+    @property
+    def worker_threads(self) -> int:
+        """Threads per gunicorn worker (each service reads its own variable)."""
+        return 8
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The in-flight bound in force: reachable under the worker's thread count."""
+        return self.max_in_flight or max(1, self.worker_threads - 2)
 
 
 class ConfigError(RuntimeError):

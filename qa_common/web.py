@@ -271,8 +271,15 @@ def create_service_app(
     app.json.sort_keys = False
     key = settings.internal_api_key.get_secret_value() if settings.internal_api_key else None
     http_metrics = install_service_plumbing(
-        app, service, max_in_flight=settings.max_in_flight, internal_key=key if internal else None
+        app, service, max_in_flight=settings.in_flight_limit, internal_key=key if internal else None
     )
+    if settings.in_flight_limit >= settings.worker_threads:
+        log.warning(
+            "MAX_IN_FLIGHT=%d is not below the %d threads of a worker: requests past the "
+            "threads queue inside gunicorn and are never shed with 429",
+            settings.in_flight_limit,
+            settings.worker_threads,
+        )
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -16,6 +16,13 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 class RetrieverConfig(ServiceSettings):
     """Everything the retriever reads from its environment."""
 
+    # Read by gunicorn.conf.py too: the in-flight bound (MAX_IN_FLIGHT) is set below it.
+    retriever_threads: int = Field(8, ge=1, le=1024)
+
+    @property
+    def worker_threads(self) -> int:
+        return self.retriever_threads
+
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     embedding_revision: str | None = None
     embedding_dtype: Literal["auto", "float32", "bfloat16"] = "auto"

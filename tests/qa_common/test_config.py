@@ -13,8 +13,27 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(ServiceSettings)
     assert settings.log_level == "INFO"
-    assert settings.max_in_flight == 32
+    assert settings.max_in_flight is None
     assert settings.max_body_bytes == 16 * 1024 * 1024
+
+
+def test_the_in_flight_bound_sits_below_the_workers_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.config import GatewayConfig
+    from generator_service.config import GeneratorConfig
+    from retriever_service.config import RetrieverConfig
+
+    for name in ("MAX_IN_FLIGHT", "GATEWAY_THREADS", "RETRIEVER_THREADS", "GENERATOR_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    # Reachable: a request past the bound finds a free thread that answers 429 at once.
+    assert GatewayConfig().in_flight_limit == 14
+    assert RetrieverConfig().in_flight_limit == 6
+    assert GeneratorConfig().in_flight_limit == 46
+    monkeypatch.setenv("GATEWAY_THREADS", "4")
+    assert GatewayConfig().in_flight_limit == 2
+    monkeypatch.setenv("MAX_IN_FLIGHT", "3")
+    assert GatewayConfig().in_flight_limit == 3
 
 
 def test_values_come_from_environment_case_insensitively(monkeypatch: pytest.MonkeyPatch) -> None:

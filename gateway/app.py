@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import requests
 from flask import Flask, Response, jsonify, request, send_from_directory, stream_with_context
 
 from gateway import openai_compat
@@ -32,7 +34,14 @@ from gateway.schemas import (
     ModelList,
     UploadResponse,
 )
-from qa_common.errors import Forbidden, NotReady, ServiceError, Unauthorized, ValidationFailed
+from qa_common.errors import (
+    BadGateway,
+    Forbidden,
+    NotReady,
+    ServiceError,
+    Unauthorized,
+    ValidationFailed,
+)
 from qa_common.request_context import get_request_id, set_request_id
 from qa_common.web import create_service_app, parse_body, sse_event, sse_response
 
@@ -408,12 +417,24 @@ def create_app(
             )
 
             def relay() -> Iterator[bytes]:
-                with upstream:
+                try:
                     for line in upstream.iter_lines():
                         if line:
                             yield line + b"\n"
+                except requests.RequestException:
+                    # The retriever went away mid-upload: say so as the stream's last line.
+                    lost = BadGateway(
+                        "The retriever stopped answering during the upload; files reported "
+                        "done are stored, the others may not be.",
+                        dependency="retriever",
+                    )
+                    yield (
+                        json.dumps({"event": "error", **lost.to_dict(get_request_id())}) + "\n"
+                    ).encode()
 
-            return Response(stream_with_context(relay()), mimetype=NDJSON)
+            response = Response(stream_with_context(relay()), mimetype=NDJSON)
+            response.call_on_close(upstream.close)
+            return response
         return jsonify(
             retriever.request_json(
                 "POST",

@@ -329,7 +329,8 @@ class DeleteResponse(BaseModel):
 class FileError(BaseModel):
     code: str = Field(
         description="unsupported_type, no_text, encrypted, corrupt, too_many_pages, too_large, "
-        "parse_timeout, parse_failed, bad_encoding, bad_name, or a validation code"
+        "too_many_documents, parse_timeout, parse_failed, bad_encoding, bad_name, unreadable, "
+        "invalid, or a validation code"
     )
     message: str
 
@@ -353,7 +354,11 @@ class FileResult(BaseModel):
 
 
 class UploadResponse(BaseModel):
-    """One result per file, in the order sent; a bad file never stops the others."""
+    """One result per file, in the order sent; a bad file never stops the others.
+
+    A file uploaded again replaces what it held: its records edited or removed since are
+    deleted.
+    """
 
     files: list[FileResult]
     collection: str

@@ -26,7 +26,7 @@ from qa_common.web import (
 from retriever_service.chunking import Chunker
 from retriever_service.config import RetrieverConfig, load_config
 from retriever_service.embedder import Embedder, load_embedder
-from retriever_service.file_ingest import FileResult, ingest_file, upload_name
+from retriever_service.file_ingest import FileResult, UploadLimits, ingest_file, upload_name
 from retriever_service.knowledge_base import DocumentInput, KnowledgeBase, SearchSettings
 from retriever_service.lexical import LexicalIndex
 from retriever_service.lexical_sync import LexicalSync
@@ -114,6 +114,7 @@ def _ingest_uploads(
     parser: FileParser,
     uploads: list[tuple[str | None, bytes]],
     collection: str | None,
+    limits: UploadLimits,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Ingest each uploaded file on its own; one file's failure never stops the others."""
@@ -129,7 +130,7 @@ def _ingest_uploads(
             )
         else:
             tell = (lambda e, i=index: on_event({**e, "index": i})) if on_event else None
-            result = ingest_file(kb, parser, name, data, collection, on_event=tell)
+            result = ingest_file(kb, parser, name, data, collection, limits=limits, on_event=tell)
         results.append(result)
         if on_event:
             on_event({"event": "file_done", "index": index, **result.as_dict()})
@@ -145,6 +146,7 @@ def _progress_lines(
     parser: FileParser,
     uploads: list[tuple[str | None, bytes]],
     collection: str | None,
+    limits: UploadLimits,
     events: queue.Queue[dict[str, Any] | None],
 ) -> Iterator[str]:
     """Ingest in a thread and stream its progress as JSON lines; the last line is the result."""
@@ -153,7 +155,12 @@ def _progress_lines(
     def work() -> None:
         try:
             body = _ingest_uploads(
-                kb, parser, uploads, collection, lambda e: events.put({**e, "files": total})
+                kb,
+                parser,
+                uploads,
+                collection,
+                limits,
+                lambda e: events.put({**e, "files": total}),
             )
             events.put({"event": "done", **body})
         except ServiceError as exc:
@@ -193,6 +200,7 @@ def create_app(
     # Parser processes start on the first upload, not here: most replicas never parse a file.
     file_parser = FileParser(config.parse_limits, workers=config.parse_workers)
     app.extensions["file_parser"] = file_parser
+    upload_limits = UploadLimits(config.max_documents_per_request, config.max_text_chars)
     if kb is not None and config.search_mode != "dense" and config.lexical_warm_up:
         # Load the default collection's lexical index now, not in the first search: a full
         # reconcile takes ~40 s at 100k chunks, and lexical searches wait for it.
@@ -275,11 +283,13 @@ def create_app(
         if request.accept_mimetypes.best == NDJSON:
             return Response(
                 stream_with_context(
-                    _progress_lines(kb, file_parser, uploads, form.collection, queue.Queue())
+                    _progress_lines(
+                        kb, file_parser, uploads, form.collection, upload_limits, queue.Queue()
+                    )
                 ),
                 mimetype=NDJSON,
             )
-        return jsonify(_ingest_uploads(kb, file_parser, uploads, form.collection))
+        return jsonify(_ingest_uploads(kb, file_parser, uploads, form.collection, upload_limits))
 
     @app.get("/v1/documents/<path:document_id>")
     def get_document(document_id: str) -> Any:

@@ -48,6 +48,14 @@ def upload_name(raw: str | None) -> str | None:
     return name
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one uploaded file may hold: the same bounds as a JSON ingest request."""
+
+    max_documents: int = 1000
+    max_text_chars: int = 2_000_000
+
+
 def ingest_file(
     kb: KnowledgeBase,
     parser: Parser,
@@ -55,9 +63,15 @@ def ingest_file(
     data: bytes,
     collection: str | None,
     *,
+    limits: UploadLimits | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> FileResult:
-    """Parse one file and store its documents in one write: all of the file, or none of it."""
+    """Parse one file and store its documents in one write: all of the file, or none of it.
+
+    A file uploaded again replaces what it held: documents it no longer holds (records edited
+    or removed since) are deleted after the write.
+    """
+    limits = limits or UploadLimits()
     result = FileResult(name)
     tell = on_event or (lambda _event: None)
     tell({"event": "parsing", "file": name})
@@ -65,8 +79,19 @@ def ingest_file(
     for item in load_bytes(name, data, parser):
         if isinstance(item, LoadProblem):
             result.problems.append(item)
+            continue
+        problem = _check(item, limits)
+        if problem:
+            result.problems.append(LoadProblem(item.id, problem, "invalid", file=name))
         else:
             documents.append(item)
+    if len(documents) > limits.max_documents:
+        result.error = {
+            "code": "too_many_documents",
+            "message": f"the file holds {len(documents):,} documents; at most "
+            f"{limits.max_documents:,} per file (MAX_DOCUMENTS_PER_REQUEST)",
+        }
+        return result
     if not documents:
         first = result.problems[0] if result.problems else LoadProblem(name, "no documents")
         result.error = {"code": first.code, "message": first.message}
@@ -82,6 +107,7 @@ def ingest_file(
                 {"event": "embedding", "file": name, "done": done, "total": total}
             ),
         )
+        kb.delete_documents_of_source(name, {d.id for d in documents}, collection)
     except ServiceError as exc:
         # A failed file stores nothing (the write is atomic); the other files go on.
         if exc.status >= 500 or exc.status == 404:
@@ -90,6 +116,15 @@ def ingest_file(
         return result
     result.status = _file_status(result.documents)
     return result
+
+
+def _check(document: LoadedDocument, limits: UploadLimits) -> str | None:
+    """Return why a parsed document breaks the ingest rules, or None."""
+    if len(document.text) > limits.max_text_chars:
+        return f"text is {len(document.text):,} characters; at most {limits.max_text_chars:,}"
+    if len(document.id) > 512 or _CONTROL.search(document.id):
+        return "id is longer than 512 characters or holds control characters"
+    return None
 
 
 def _file_status(outcomes: Sequence[IngestOutcome]) -> str:

@@ -47,7 +47,10 @@ def stale_documents(
         source = document.get("source") or metadata.get("source")
         if document["id"] in current_ids or source in unreadable:
             continue
-        if scope is not None and source not in scope:
+        # A scope entry may be a folder that was moved away or deleted whole.
+        if scope is not None and not any(
+            source == path or str(source).startswith(f"{path}/") for path in scope
+        ):
             continue
         root = metadata.get(SOURCE_ROOT)
         if root == key or (root is None and source in current):
@@ -63,13 +66,16 @@ class FolderWatcher:
         folders: Iterable[Path],
         on_changes: Callable[[Path, set[str]], None],
         *,
+        suffixes: Iterable[str],
         debounce_s: float = 1.0,
     ) -> None:
         self.folders = [f.resolve() for f in folders]
         self.on_changes = on_changes
         self.debounce_s = debounce_s
+        self.suffixes = frozenset(suffixes)
         self._pending: dict[Path, set[str]] = {}
         self._last_event = 0.0
+        self._first_event = 0.0
         self._lock = threading.Lock()
 
     def record(self, path: str) -> None:
@@ -81,9 +87,16 @@ class FolderWatcher:
             relative = resolved.relative_to(folder)
             if any(part.startswith(".") for part in relative.parts):
                 return
+            # A file of another type (a log written every second) must not hold the batch back;
+            # a path without a suffix may be a folder moved or deleted whole.
+            if relative.suffix and relative.suffix.lower() not in self.suffixes:
+                return
             with self._lock:
+                now = time.monotonic()
+                if not self._pending:
+                    self._first_event = now
                 self._pending.setdefault(folder, set()).add(relative.as_posix())
-                self._last_event = time.monotonic()
+                self._last_event = now
             return
 
     def run(self, stop: threading.Event) -> None:
@@ -115,8 +128,11 @@ class FolderWatcher:
     def flush(self, *, force: bool = False) -> None:
         """Hand over the pending changes once the folder has been quiet for debounce_s."""
         with self._lock:
-            quiet = time.monotonic() - self._last_event >= self.debounce_s
-            if not self._pending or not (quiet or force):
+            now = time.monotonic()
+            quiet = now - self._last_event >= self.debounce_s
+            # Never more than 10 debounce periods behind, however busy the folder.
+            overdue = now - self._first_event >= 10 * self.debounce_s
+            if not self._pending or not (quiet or overdue or force):
                 return
             pending, self._pending = self._pending, {}
         for folder, paths in pending.items():

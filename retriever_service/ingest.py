@@ -257,7 +257,8 @@ def sync_folder(
         for relative in scope:
             if (folder / relative).is_file() and relative not in current:
                 current[relative] = set()
-    unreadable = {p.source.split("#", 1)[0] for p in summary.problems}
+    # A file that could not be read (or only partly) keeps what was stored of it.
+    unreadable = {p.file or p.source for p in summary.problems}
     for document_id in stale_documents(
         target.documents(), folder_key(folder), current, unreadable=unreadable, scope=scope
     ):
@@ -300,7 +301,7 @@ def watch_folders(
         for problem in summary.problems:
             print(f"  ! {problem.source}: {problem.message}", flush=True)
 
-    watcher = FolderWatcher(folders, on_changes, debounce_s=debounce_s)
+    watcher = FolderWatcher(folders, on_changes, suffixes=SUPPORTED_SUFFIXES, debounce_s=debounce_s)
     print(f"watching {', '.join(str(f) for f in folders)} (Ctrl-C to stop)", flush=True)
     watcher.run(stop)
 

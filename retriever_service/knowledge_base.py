@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -158,7 +159,9 @@ class KnowledgeBase:
         """Hash what determines a document's chunks and vectors: text, metadata, settings."""
         fields: dict[str, Any] = {
             "text": document.text,
-            "metadata": document.metadata,
+            # Where a file was ingested from is not its content: the same file from a folder or
+            # uploaded through the page is the same, unchanged document.
+            "metadata": {k: v for k, v in document.metadata.items() if k != "source_root"},
             "chunker": self.chunker.signature,
             "model": self.embedder.model_name,
         }
@@ -183,7 +186,7 @@ class KnowledgeBase:
         """
         name = self.collection(collection)
         ids = [doc.id or default_document_id(doc.text) for doc in documents]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
         if duplicates:
             raise ValidationFailed(
                 f"Document ids must be unique within a request; repeated: {duplicates[:5]}",
@@ -423,6 +426,24 @@ class KnowledgeBase:
             self.store.delete(name, [c.id for c in chunks])
             self.lexical.record_write(name, [document_id])
         return len(chunks)
+
+    def delete_documents_of_source(
+        self, source: str, keep: set[str], collection: str | None = None
+    ) -> list[str]:
+        """Delete the documents read from file ``source`` that are not in ``keep``.
+
+        A file uploaded again replaces what it held: a CSV row edited since has a new id, and
+        its old version must not stay searchable beside it.
+        """
+        name = self.collection(collection)
+        firsts = self.store.get(name, where={"$and": [{"source": source}, {POSITION: 0}]})
+        stale = sorted({str(c.metadata[DOCUMENT_ID]) for c in firsts} - keep)
+        for document_id in stale:
+            try:
+                self.delete_document(document_id, collection)
+            except DocumentNotFound:
+                continue  # deleted meanwhile: what was asked holds
+        return stale
 
     def delete_collection(self, name: str) -> None:
         """Drop a whole collection, for this retriever and every replica's lexical index."""

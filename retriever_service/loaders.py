@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from retriever_service.parsing.formats import (
 )
 from retriever_service.parsing.limits import ParseLimits
 from retriever_service.parsing.model import FileRejected, ParsedDocument, Segment
+from retriever_service.parsing.sandbox import describe
 from retriever_service.parsing.text import decode_text
 
+log = logging.getLogger(__name__)
 _TEXT_FIELDS = ("text", "content", "body")
 _ID_FIELDS = ("id", "_id", "doc_id", "document_id")
 __all__ = ["DOCUMENT_TYPES", "RECORD_TYPES", "SUPPORTED_SUFFIXES"]
@@ -83,6 +86,8 @@ class LoadProblem:
     source: str
     message: str
     code: str = "unreadable"
+    # The file it is about (a record's source also names its row).
+    file: str | None = None
 
 
 @dataclass
@@ -143,19 +148,22 @@ def load_bytes(name: str, data: bytes, parser: Parser) -> Iterator[LoadedDocumen
             raise unsupported(name)
         if kind in RECORD_TYPES.values():
             text = decode_text(data)
-            if kind == "jsonl":
-                yield from _load_jsonl(name, text)
-            elif kind == "json":
-                yield from _load_json(name, text)
-            else:
-                yield from _load_csv(name, text)
+            records = {"jsonl": _load_jsonl, "json": _load_json, "csv": _load_csv}[kind]
+            for item in records(name, text):
+                if isinstance(item, LoadProblem):
+                    item.file = name
+                yield item
             return
         parsed = parser.parse(kind, data)
     except FileRejected as exc:
-        yield LoadProblem(name, exc.reason, exc.code)
+        yield LoadProblem(name, exc.reason, exc.code, file=name)
         return
-    except (ValueError, csv.Error) as exc:
-        yield LoadProblem(name, f"cannot read file: {exc}")
+    except (ValueError, csv.Error, RecursionError) as exc:
+        yield LoadProblem(name, f"cannot read file: {describe(exc)}", file=name)
+        return
+    except Exception as exc:  # a parser library failing on an odd file: that file's problem
+        log.warning("reading %s failed", name, exc_info=True)
+        yield LoadProblem(name, f"cannot read file: {describe(exc)}", file=name)
         return
     yield _document(name, kind, parsed)
 
@@ -216,7 +224,8 @@ def _record(raw: Any, name: str, locator: str, ids: _RecordIds) -> LoadedDocumen
     doc_id = next((str(raw[f]) for f in _ID_FIELDS if raw.get(f) not in (None, "")), None)
     nested = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     extra = {k: v for k, v in raw.items() if k not in (*_TEXT_FIELDS, *_ID_FIELDS, "metadata")}
-    metadata = {"source": name, **_scalar_metadata(extra), **_scalar_metadata(nested)}
+    # "source" is the file the record came from, whatever the record says (sync reads it).
+    metadata = {**_scalar_metadata(extra), **_scalar_metadata(nested), "source": name}
     # A file holding one object is that document; records of a list are named by content.
     return LoadedDocument(doc_id or (ids(text) if locator else name), text, metadata)
 
@@ -277,5 +286,5 @@ def _load_csv(name: str, text: str) -> Iterator[LoadedDocument | LoadProblem]:
         doc_id = next((values.pop(f) for f in _ID_FIELDS if values.get(f)), None)
         for f in _ID_FIELDS:
             values.pop(f, None)
-        metadata = {"source": name, **_scalar_metadata(values)}
+        metadata = {**_scalar_metadata(values), "source": name}
         yield LoadedDocument(doc_id or ids(text_value), text_value, metadata)

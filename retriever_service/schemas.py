@@ -39,14 +39,21 @@ class DocumentIn(StrictModel):
 
     @model_validator(mode="after")
     def _segments_fit(self) -> DocumentIn:
+        if not self.segments:
+            return self
         previous_end = 0
-        for segment in self.segments or []:
+        for segment in self.segments:
             if not previous_end <= segment.start < segment.end <= len(self.text):
                 raise ValueError(
                     "segments must be in order, not overlap, and lie within the text "
                     f"(0 <= start < end <= {len(self.text)})"
                 )
+            # Only the text inside segments is indexed: none may be left out.
+            if self.text[previous_end : segment.start].strip():
+                raise ValueError(f"text before offset {segment.start} is in no segment")
             previous_end = segment.end
+        if self.text[previous_end:].strip():
+            raise ValueError(f"text after offset {previous_end} is in no segment")
         return self
 
     @field_validator("metadata")

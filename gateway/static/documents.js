@@ -90,9 +90,14 @@
   async function deleteDocument(doc, title, button) {
     if (!window.confirm(`Delete "${title}" (${doc.id})? It will no longer be searched.`)) return;
     button.disabled = true;
-    const response = await fetch(`/v1/documents/${escapedId(doc.id)}`, { method: "DELETE", headers: authHeaders({}) });
-    uploadStatus.textContent = response.ok ? `Deleted ${title}.` : await failure(response);
-    await loadDocuments(true);
+    try {
+      const response = await fetch(`/v1/documents/${escapedId(doc.id)}`, { method: "DELETE", headers: authHeaders({}) });
+      uploadStatus.textContent = response.ok ? `Deleted ${title}.` : await failure(response);
+      await loadDocuments(true);
+    } catch {
+      uploadStatus.textContent = "The gateway cannot be reached.";
+      button.disabled = false;
+    }
     keyInput.focus();
   }
 

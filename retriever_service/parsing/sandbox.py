@@ -20,17 +20,32 @@ def _limit_memory(memory_mb: int) -> None:
     """Cap the child's address space: a decompression bomb fails there, not in the service."""
     import resource
 
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    # The soft limit only: raising the hard one is refused where it is already lower.
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def describe(exc: BaseException) -> str:
+    """Name an exception in a short line, for a per-file reason."""
+    text = str(exc) or ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _parse_in_child(kind: str, data: bytes, limits: ParseLimits) -> ParsedDocument:
     try:
         return parse_document(kind, data, limits)
+    except FileRejected:
+        raise
     except MemoryError:
         raise FileRejected(
             "too_large", f"parsing the file needs more than {limits.memory_mb} MB (PARSE_MEMORY_MB)"
         ) from None
+    except Exception as exc:  # a parser library failing on a hostile file: that file's error
+        raise FileRejected("corrupt", f"the file cannot be parsed ({describe(exc)})") from None
 
 
 class FileParser:
@@ -86,6 +101,13 @@ class FileParser:
             log.warning("the %s parser died (exit code %s)", kind, exc.exitcode)
             raise FileRejected(
                 "parse_failed", f"the {kind} parser stopped on this file (exit code {exc.exitcode})"
+            ) from None
+        except FileRejected:
+            raise
+        except Exception as exc:  # the pool itself failing (unpicklable result, broken pipe)
+            log.warning("the %s parser failed: %s", kind, describe(exc))
+            raise FileRejected(
+                "parse_failed", f"the {kind} parser failed ({describe(exc)})"
             ) from None
 
     def close(self) -> None:

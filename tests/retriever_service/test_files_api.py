@@ -146,3 +146,48 @@ def test_segments_out_of_the_text_are_422(client: Any) -> None:
     )
     error = assert_error_envelope(response, 422)
     assert "segments" in error["message"] or "segments" in str(error.get("details"))
+
+
+def test_uploads_keep_the_ingest_rules_and_a_file_uploaded_again_replaces_what_it_held(
+    make_app: Any,
+) -> None:
+    client = make_app(max_documents_per_request=3).test_client()
+    faq = b"question,answer,source\nIs there an app?,Yes.,spoofed\nDoes it need Wi-Fi?,Yes.,x\n"
+    [first] = upload(client, ("faq.csv", faq))["files"]
+    assert first["status"] == "created"
+    old_ids = {d["id"] for d in first["documents"]}
+    # A column named "source" cannot hide where a record came from.
+    listed = client.get("/v1/documents").get_json()["documents"]
+    assert {d["source"] for d in listed} == {"faq.csv"}
+
+    edited = b'question,answer\nIs there an app?,"Yes, on iOS."\nDoes it need Wi-Fi?,Yes.\n'
+    [second] = upload(client, ("faq.csv", edited))["files"]
+    assert second["status"] == "updated"
+    new_ids = {d["id"] for d in second["documents"]}
+    listed = {d["id"] for d in client.get("/v1/documents").get_json()["documents"]}
+    # The edited row's old version is gone, not left searchable beside the new one.
+    assert listed == new_ids
+    assert len(old_ids - new_ids) == 1
+
+    too_many = b"question,answer\n" + b"".join(b"Q%d?,A%d.\n" % (i, i) for i in range(4))
+    [refused] = upload(client, ("big.csv", too_many))["files"]
+    assert refused["status"] == "error"
+    assert refused["error"]["code"] == "too_many_documents"
+    long_id = ('{"id": "' + "x" * 600 + '", "text": "A note."}\n{"text": "Fine."}\n').encode()
+    [partly] = upload(client, ("notes.jsonl", long_id))["files"]
+    assert partly["status"] == "created"
+    assert len(partly["documents"]) == 1
+    assert "512" in partly["problems"][0]["message"]
+
+
+def test_segments_must_cover_all_the_text(client: Any) -> None:
+    response = client.post(
+        "/v1/documents",
+        json={
+            "documents": [
+                {"id": "x", "text": "Page one.\n\nPage two.", "segments": [{"start": 0, "end": 9}]}
+            ]
+        },
+    )
+    error = assert_error_envelope(response, 422)
+    assert "no segment" in str(error)

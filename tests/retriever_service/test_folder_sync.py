@@ -57,6 +57,9 @@ def test_stale_documents_are_this_folders_documents_no_longer_held() -> None:
     # Gone from the folder; and a record stored under an id from before ids were by content.
     assert stale == ["gone.md", "faq.csv#row2"]
     assert stale_documents(stored, key, current, unreadable=set(), scope={"a.md"}) == []
+    # A folder moved away whole arrives as one event for the folder.
+    nested = [{"id": "guides/x.md", "source": "guides/x.md", "metadata": {"source_root": key}}]
+    assert stale_documents(nested, key, {}, unreadable=set(), scope={"guides"}) == ["guides/x.md"]
 
 
 def test_sync_deletes_what_the_folder_no_longer_holds_and_nothing_else(

@@ -213,3 +213,35 @@ def test_sandboxed_parser_bounds_memory() -> None:
         assert "PARSE_MEMORY_MB" in caught.value.reason
     finally:
         parser.close()
+
+
+def raises_an_unexpected_error(kind: str, data: bytes, limits: ParseLimits) -> None:
+    """Stand in for a parser library failing with its own error type (run in the child)."""
+    import retriever_service.parsing.sandbox as sandbox
+
+    def broken(*_: object) -> None:
+        raise AttributeError("'NullObject' object has no attribute 'get_object'")
+
+    sandbox.parse_document = broken  # type: ignore[assignment]
+    sandbox._parse_in_child(kind, data, limits)
+
+
+def test_any_parser_failure_is_that_files_refusal_not_a_crash() -> None:
+    parser = FileParser(ParseLimits(timeout_s=60), target=raises_an_unexpected_error)
+    try:
+        with pytest.raises(FileRejected) as caught:
+            parser.parse("pdf", b"%PDF")
+        assert caught.value.code == "corrupt"
+        assert "AttributeError" in caught.value.reason
+    finally:
+        parser.close()
+    # Deeply nested JSON: Python's own recursion limit, reported for that file.
+    problem = refusal("deep.json", b"[" * 100_000)
+    assert problem.file == "deep.json"
+    assert "cannot read file" in problem.message
+
+
+def test_markdown_headings_lose_their_closing_hashes() -> None:
+    doc = parse("notes.md", b"# Title ##\n\nIntro.\n\n## Error codes #\n\nE3.\n")
+    assert doc.metadata["title"] == "Title"
+    assert [s.section for s in doc.segments] == ["Title", "Error codes"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ from qa_common.errors import (
     DownstreamError,
     ServiceError,
 )
+from qa_common.http_client import ConnectionLost
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ def degraded_reason(error: ServiceError) -> str:
     """Name why the generator could not answer, for the ``degraded`` list."""
     if isinstance(error, DependencyTimeout):
         return "generator_timeout"
-    if isinstance(error, DependencyUnavailable):
+    # Refused, or gone in the middle of the call (its process died): unavailable either way.
+    if isinstance(error, DependencyUnavailable | ConnectionLost):
         return "generator_unavailable"
     if isinstance(error, DownstreamError) and error.status == 429:
         return "generator_overloaded"
@@ -193,6 +195,12 @@ class Answerer:
         self.generator = generator
         self.config = config
         self.gate = gate_settings(config)
+        # Told of every answer given (the app counts them by mode for /metrics).
+        self.on_answer: Callable[[Answer], None] = lambda _answer: None
+
+    def _observed(self, answer: Answer) -> Answer:
+        self.on_answer(answer)
+        return answer
 
     # -- retrieval ----------------------------------------------------------------------------
 
@@ -278,7 +286,13 @@ class Answerer:
             "question": question,
             "snippets": [s.text for s in sources[: self.config.context_snippets]],
             "history": [{"role": t.role, "text": t.text} for t in history],
+            **self._deadline(),
         }
+
+    def _deadline(self) -> dict[str, float]:
+        """Tell the generator when the gateway stops waiting, so that it stops writing too."""
+        # Half a second early: the answer must still travel back before the read timeout.
+        return {"timeout_s": max(1.0, self.config.generator_read_timeout_s - 0.5)}
 
     def _begin(
         self, question: str, history: Sequence[Turn], top_k: int | None, collection: str | None
@@ -314,7 +328,7 @@ class Answerer:
         sources, score, query, term_weights = found.retrieved
         refusal = self._no_answer(found)
         if refusal is not None:
-            return refusal
+            return self._observed(refusal)
         degraded: list[str] = []
         generated: str | None = None
         try:
@@ -328,7 +342,7 @@ class Answerer:
             question, query, sources, generated, degraded, clock, started, term_weights
         )
         answer.relevance = score
-        return answer
+        return self._observed(answer)
 
     def answer_stream(
         self,
@@ -347,7 +361,7 @@ class Answerer:
             yield "sources", {"sources": [s.to_dict() for s in sources]}
             refusal = self._no_answer(found)
             if refusal is not None:
-                yield "done", _final(refusal)
+                yield "done", _final(self._observed(refusal))
                 return
             degraded: list[str] = []
             pieces: list[str] = []
@@ -389,7 +403,7 @@ class Answerer:
                 rest = split_sentences(answer.text)[shown:]
                 if rest:
                     yield "token", {"text": " ".join(rest)}
-            yield "done", _final(answer)
+            yield "done", _final(self._observed(answer))
 
         return sources, events()
 

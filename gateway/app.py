@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import requests
 from flask import Flask, Response, jsonify, request, send_from_directory, stream_with_context
+from prometheus_client import Counter
 
 from gateway import openai_compat
 from gateway.answering import Answerer, Turn
@@ -251,10 +252,17 @@ def create_app(
 ) -> Flask:
     """Build the gateway app; it holds one pooled client per downstream service."""
     config = config or load_config()
-    app, _ = create_service_app(__name__, "gateway", config, static_folder=None)
+    app, http_metrics = create_service_app(__name__, "gateway", config, static_folder=None)
     retriever = retriever or RetrieverClient(config)
     generator = generator or GeneratorClient(config)
     answerer = Answerer(retriever, generator, config)
+    answers = Counter(
+        "gateway_answers_total",
+        "Answers given, by mode, and why the generator's text was not used (none: it was).",
+        ["mode", "degraded"],
+        registry=http_metrics.registry,
+    )
+    answerer.on_answer = lambda a: answers.labels(a.mode, ",".join(a.degraded) or "none").inc()
     app.extensions["answerer"] = answerer
     admin_key = config.admin_api_key.get_secret_value() if config.admin_api_key else None
     ask_keys = config.ask_keys

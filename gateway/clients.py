@@ -45,11 +45,14 @@ class RetrieverClient(ServiceClient):
         body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": self.search_mode}
         if collection:
             body["collection"] = collection
-        return self.request_json("POST", "/v1/search", json=body)
+        # A search only reads: if a replica dies with it, the next replica may answer it.
+        return self.request_json("POST", "/v1/search", json=body, idempotent=True)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return list(
-            self.request_json("POST", "/v1/embed", json={"texts": list(texts)})["embeddings"]
+            self.request_json("POST", "/v1/embed", json={"texts": list(texts)}, idempotent=True)[
+                "embeddings"
+            ]
         )
 
     def ready(self) -> dict[str, Any]:

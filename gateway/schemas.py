@@ -115,6 +115,9 @@ class GenerationInput(BaseModel):
     question: str
     snippets: list[str] = Field(description="The snippets the generator is given, in order.")
     history: list[HistoryTurn]
+    timeout_s: float | None = Field(
+        None, description="How long the generator may write: the gateway's own wait, less 0.5 s."
+    )
 
 
 class ContextResponse(BaseModel):

@@ -22,8 +22,8 @@ class ServiceSettings(BaseSettings):
         ge=1,
         le=10_000,
         description="Requests served at once per worker before answering 429; default: the "
-        "worker's threads minus 2, so that the bound is reached before requests queue inside "
-        "gunicorn, and two threads stay free to answer 429 at once.",
+        "worker's threads minus one, so that the bound is reached before requests queue inside "
+        "gunicorn, and one thread stays free to answer 429 at once.",
     )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
@@ -42,7 +42,7 @@ class ServiceSettings(BaseSettings):
     @property
     def in_flight_limit(self) -> int:
         """The in-flight bound in force: reachable under the worker's thread count."""
-        return self.max_in_flight or max(1, self.worker_threads - 2)
+        return self.max_in_flight or max(1, self.worker_threads - 1)
 
 
 class ConfigError(RuntimeError):

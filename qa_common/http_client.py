@@ -210,12 +210,17 @@ class ServiceClient:
         files: Any = None,
         data: Any = None,
         accept: str | None = None,
+        idempotent: bool | None = None,
     ) -> requests.Response:
         """Send a request; return the response when its status is 2xx, raise otherwise.
 
         A replica that cannot be connected to is set aside and the next one tried: the request
-        never reached it, so trying elsewhere cannot do the work twice.
+        never reached it, so trying elsewhere cannot do the work twice. One that dropped the
+        connection after the request was sent is tried elsewhere only for an ``idempotent`` call
+        (by default: GET, HEAD, OPTIONS, PUT, DELETE; a caller marks a read sent as POST).
         """
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         headers = {"Accept": accept} if accept else {}
         request_id = get_request_id()
         if request_id:
@@ -245,7 +250,7 @@ class ServiceClient:
                 # Sent, then the connection died: the replica may have done the work. Only a
                 # call that can be repeated safely goes to the next replica.
                 self.replicas.mark_failed(base_url)
-                if method.upper() not in IDEMPOTENT_METHODS:
+                if not idempotent:
                     raise
                 log.warning(
                     "%s replica %s dropped a %s; trying the next", self.service, base_url, method

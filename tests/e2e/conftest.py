@@ -75,7 +75,7 @@ class Stack:
     def _retriever(self, index: int, port: int | None = None) -> ServiceProcess:
         env = {
             "HF_HUB_OFFLINE": "1",
-            "RETRIEVER_THREADS": "4",
+            "RETRIEVER_THREADS": "8",
             "LOG_LEVEL": "WARNING",
         }
         if self.chroma is not None:

@@ -222,10 +222,15 @@ def test_replicas_share_traffic_and_losing_one_loses_no_request(stack: Stack) ->
         replicas[0].kill()
     bodies = ask_many(stack, [questions[i % len(questions)] for i in range(30)])
     assert len(bodies) == 30  # each one answered 200 (ask() checks)
+    degraded = [body["degraded"] for body in bodies if "degraded" in body]
     for body in bodies:
-        # No retriever failure reached the answer, and the surviving generator answered.
-        assert "degraded" not in body, body
         assert body["mode"] in {"generated", "extractive", "no_answer"}
+    # No retriever failure reached an answer (searches are reads: a dropped one is asked of
+    # the next replica). A generation sent on a connection the kill broke is not sent again
+    # (a request that crashed a replica must not crash the next): at most those few answers
+    # are quoted instead, flagged, never failed.
+    assert all(reasons == ["generator_unavailable"] for reasons in degraded), degraded
+    assert len(degraded) <= 2, degraded
     assert stack.gateway.process.pid == gateway_pid, "the gateway was not restarted"
     for kind, (replicas, endpoints) in scaled.items():
         survivor = requests_served(replicas[1], endpoints[0])

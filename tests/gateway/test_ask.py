@@ -340,3 +340,15 @@ def test_corpus_snippets_are_returned_verbatim(gateway: Any) -> None:
     for source in body["sources"]:
         assert source["text"] == texts[source["chunk_id"]]
         assert isinstance(source["metadata"], dict)
+
+
+def test_the_generator_is_told_when_the_gateway_stops_waiting(
+    make_gateway: Any, fake_generator: FakeGenerator
+) -> None:
+    client = make_gateway(generator_read_timeout_s=12).test_client()
+    client.post("/v1/ask", json={"question": "How long does the sensor battery last?"})
+    client.post("/v1/ask", json={"question": "And the thermostat?", "stream": True}).get_data()
+    bodies = [c.body for c in fake_generator.calls_to("/v1/generate")]
+    assert len(bodies) == 2
+    # Before the gateway's own read timeout, so the generator gives up first, not after.
+    assert all(0 < b["timeout_s"] < 12 for b in bodies), bodies

@@ -290,3 +290,22 @@ def test_pages_carry_a_content_security_policy_without_inline_script(gateway: An
     api = gateway.get("/healthz")
     assert api.headers["X-Content-Type-Options"] == "nosniff"
     assert "Content-Security-Policy" not in api.headers
+
+
+def test_answers_are_counted_by_mode_in_the_metrics(
+    make_gateway: Callable[..., Flask], fake_retriever: FakeRetriever
+) -> None:
+    client = make_gateway().test_client()
+    client.post("/v1/ask", json={"question": "What battery does the room sensor take?"})
+    fake_retriever.scores = [0.05, 0.04, 0.03]  # nothing relevant: not in the documents
+    client.post("/v1/ask", json={"question": "What is the capital of Mongolia?"})
+    text = client.get("/metrics").get_data(as_text=True)
+    counted = {
+        (s.labels["mode"], s.labels["degraded"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "gateway_answers"
+        for s in family.samples
+        if s.name == "gateway_answers_total"
+    }
+    assert sum(counted.values()) == 2, counted
+    assert counted.get(("no_answer", "none")) == 1, counted

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_requests_past_the_bound_are_shed_with_retry_after_not_queued(
     fake_retriever: FakeRetriever, fake_generator: FakeGenerator, tmp_path: Path
 ) -> None:
-    # Every search takes 1.5 s; 4 threads a worker put the bound at 2 requests in flight.
+    # Every search takes 1.5 s; 4 threads a worker put the bound at 3 requests in flight.
     fake_retriever.delay_s["/v1/search"] = 1.5
     gateway = ServiceProcess(
         "gateway",

@@ -27,11 +27,11 @@ def test_the_in_flight_bound_sits_below_the_workers_threads(
     for name in ("MAX_IN_FLIGHT", "GATEWAY_THREADS", "RETRIEVER_THREADS", "GENERATOR_THREADS"):
         monkeypatch.delenv(name, raising=False)
     # Reachable: a request past the bound finds a free thread that answers 429 at once.
-    assert GatewayConfig().in_flight_limit == 14
-    assert RetrieverConfig().in_flight_limit == 6
-    assert GeneratorConfig().in_flight_limit == 46
+    assert GatewayConfig().in_flight_limit == 15
+    assert RetrieverConfig().in_flight_limit == 7
+    assert GeneratorConfig().in_flight_limit == 47
     monkeypatch.setenv("GATEWAY_THREADS", "4")
-    assert GatewayConfig().in_flight_limit == 2
+    assert GatewayConfig().in_flight_limit == 3
     monkeypatch.setenv("MAX_IN_FLIGHT", "3")
     assert GatewayConfig().in_flight_limit == 3
 

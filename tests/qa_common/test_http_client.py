@@ -318,3 +318,17 @@ def test_a_refused_connection_fails_over_even_for_a_post(downstream: Downstream)
         assert downstream.hits["/ok"] == 1
     finally:
         client.close()
+
+
+def test_a_read_sent_as_post_may_be_marked_safe_to_repeat(downstream: Downstream) -> None:
+    dropping = DroppingServer()
+    client = ServiceClient("down", [dropping.url, downstream.url], retry_backoff_s=0.0)
+    client.replicas.candidates = lambda: [dropping.url, downstream.url]  # type: ignore[method-assign]
+    try:
+        body = client.request_json("POST", "/ok", json={"q": "search"}, idempotent=True)
+        assert body["echo"] == {"q": "search"}
+        assert len(dropping.requests) == 1
+        assert downstream.hits["/ok"] == 1
+    finally:
+        client.close()
+        dropping.close()

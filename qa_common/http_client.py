@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import SSLError as urllib3_ssl_error
 from urllib3.util.retry import Retry
 
 from qa_common.errors import (
@@ -51,9 +52,9 @@ def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
     """Tell whether a connection error happened before any of the request was sent."""
     reason = exc.args[0] if exc.args else None
     reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
-    # Refused, unresolvable (NameResolutionError is a NewConnectionError) or timed out while
-    # connecting: nothing reached the server.
-    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+    # Refused, unresolvable (NameResolutionError is a NewConnectionError), timed out while
+    # connecting, or a TLS handshake that failed: no byte of the request reached the server.
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError | urllib3_ssl_error)
 
 
 class ReplicaPool:
@@ -84,6 +85,8 @@ class ReplicaPool:
         self._resolved_at = float("-inf")
         self._next = 0
         self._failed_until: dict[str, float] = {}
+        # Replica URL (an address) → the host name it was resolved from, for TLS.
+        self.hostnames: dict[str, str] = {}
 
     def candidates(self) -> list[str]:
         """Return replicas to try in order: the next healthy ones first, set-aside ones last."""
@@ -110,6 +113,7 @@ class ReplicaPool:
 
     def _refresh(self, now: float) -> None:
         replicas: list[str] = []
+        hostnames: dict[str, str] = {}
         for url in self.urls:
             parts = urlsplit(url)
             host, port = (
@@ -121,12 +125,17 @@ class ReplicaPool:
             except OSError:
                 addresses = []  # unresolvable now: keep the name and let the connection fail
             if len(addresses) > 1:
-                replicas += [
+                expanded = [
                     urlunsplit(parts._replace(netloc=f"{_bracket(a)}:{port}")) for a in addresses
                 ]
+                replicas += expanded
+                if parts.scheme == "https":
+                    # The certificate names the host, not the address: keep it for TLS.
+                    hostnames.update(dict.fromkeys(expanded, host))
             else:
                 replicas.append(url)
         self._replicas = list(dict.fromkeys(replicas))
+        self.hostnames = hostnames
         self._resolved_at = now
 
 
@@ -145,6 +154,19 @@ def _is_ip(host: str) -> bool:
 
 def _bracket(address: str) -> str:
     return f"[{address}]" if ":" in address else address
+
+
+class _HostNameAdapter(HTTPAdapter):
+    """Connect to an address, but speak TLS to (and verify) the host name it stands for."""
+
+    def __init__(self, hostname: str, **kwargs: Any) -> None:
+        self.hostname = hostname
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
+        pool_kwargs["server_hostname"] = self.hostname
+        pool_kwargs["assert_hostname"] = self.hostname
+        super().init_poolmanager(*args, **pool_kwargs)
 
 
 class ServiceClient:
@@ -186,9 +208,16 @@ class ServiceClient:
             backoff_factor=retry_backoff_s,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=32, pool_maxsize=pool_size)
+        self._adapter_options = {
+            "max_retries": retry,
+            "pool_connections": 32,
+            "pool_maxsize": pool_size,
+        }
+        adapter = HTTPAdapter(**self._adapter_options)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self._pinned: set[str] = set()
+        self._pinned_lock = threading.Lock()
         self.session.headers.update(headers or {})
         if api_key:
             # Sent on every call; the session never logs its headers.
@@ -266,6 +295,12 @@ class ServiceClient:
     def _send(
         self, base_url: str, method: str, path: str, *, timeout: tuple[float, float], **kwargs: Any
     ) -> requests.Response:
+        hostname = self.replicas.hostnames.get(base_url)
+        if hostname is not None:
+            self._pin_hostname(base_url, hostname)
+            port = urlsplit(base_url).port
+            host_header = hostname if port in (None, 443) else f"{hostname}:{port}"
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Host": host_header}
         try:
             return self.session.request(method, f"{base_url}{path}", timeout=timeout, **kwargs)
         except requests.exceptions.ConnectTimeout as exc:
@@ -290,6 +325,14 @@ class ServiceClient:
             raise BadGateway(
                 f"Calling {self.service} failed: {exc}", dependency=self.service
             ) from exc
+
+    def _pin_hostname(self, base_url: str, hostname: str) -> None:
+        with self._pinned_lock:
+            if base_url in self._pinned:
+                return
+            # requests picks the adapter with the longest matching prefix: this replica's own.
+            self.session.mount(f"{base_url}/", _HostNameAdapter(hostname, **self._adapter_options))
+            self._pinned.add(base_url)
 
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request and return its parsed JSON body."""

@@ -153,3 +153,19 @@ def test_every_service_that_talks_to_another_shares_the_internal_key(
     # The ingest tool sits in a profile (not in the default config): read the file itself.
     ingest = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ingest"]
     assert ingest["environment"]["INTERNAL_API_KEY"].startswith("${INTERNAL_API_KEY:?")
+
+
+def test_chroma_shares_a_network_with_the_retriever_only(compose_config: dict) -> None:
+    services = compose_config["services"]
+    networks = compose_config["networks"]
+    member = {name: set(spec.get("networks", {})) for name, spec in services.items()}
+    [store] = member["chroma"]
+    assert networks[store].get("internal") is True
+    assert {name for name, nets in member.items() if store in nets} == {"chroma", "retriever"}
+    # The retriever and the generator are reached from the gateway, on a network with no way
+    # out; only the gateway is on the network whose port is published.
+    inner = member["gateway"] & member["retriever"] & member["generator"]
+    assert inner
+    assert all(networks[n].get("internal") is True for n in inner)
+    published = {n for name, spec in services.items() if spec.get("ports") for n in member[name]}
+    assert {name for name, nets in member.items() if nets & (published - inner)} == {"gateway"}

@@ -456,3 +456,39 @@ def test_autoscalers_target_the_model_deployments(objects: list[dict[str, Any]])
                 assert container["resources"]["requests"][resource], name
         targets.add(ref["name"])
     assert {"retriever", "generator"} <= targets
+
+
+def test_network_policies_let_each_component_be_reached_only_by_its_caller(
+    objects: list[dict[str, Any]],
+) -> None:
+    policies = _of_kind(objects, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {}
+    assert deny["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny
+
+    def allowed(component: str) -> tuple[set[str], set[str], set[int]]:
+        [spec] = [
+            p["spec"]
+            for p in policies.values()
+            if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+            == component
+        ]
+        pods, namespaces, ports = set(), set(), set()
+        for rule in spec["ingress"]:
+            ports |= {p["port"] for p in rule["ports"]}
+            for peer in rule.get("from", [{"anyone": True}]):
+                if "anyone" in peer:
+                    pods.add("*")
+                if "podSelector" in peer:
+                    pods.add(peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+                if "namespaceSelector" in peer:
+                    labels = peer["namespaceSelector"]["matchLabels"]
+                    namespaces.add(labels["kubernetes.io/metadata.name"])
+        return pods, namespaces, ports
+
+    assert allowed("gateway") == ({"*"}, set(), {8000})
+    assert allowed("retriever") == ({"gateway"}, {"monitoring"}, {8001})
+    assert allowed("generator") == ({"gateway"}, {"monitoring"}, {8002})
+    # Chroma's server takes unauthenticated writes: only the retriever may reach it at all.
+    assert allowed("chroma") == ({"retriever"}, set(), {8000})

@@ -332,3 +332,54 @@ def test_a_read_sent_as_post_may_be_marked_safe_to_repeat(downstream: Downstream
     finally:
         client.close()
         dropping.close()
+
+
+def test_https_replicas_expanded_from_one_name_keep_that_name_for_tls(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two HTTPS servers on two addresses, one certificate for the name both resolve from."""
+    import ssl
+    import subprocess
+
+    from qa_common.http_client import ReplicaPool
+
+    # requests prefers these to the session's own trust setting.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=replicas.test", "-addext", "subjectAltName=DNS:replicas.test"]
+    command += ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    port = free_port()
+    servers = []
+    for address in ("127.0.0.1", "127.0.0.2"):
+        server = Downstream.__new__(Downstream)
+        ThreadingHTTPServer.__init__(server, (address, port), _Handler)
+        server.hits, server.headers_seen = {}, []
+        server.lock, server.release = threading.Lock(), threading.Event()
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+    client = ServiceClient("tls", f"https://replicas.test:{port}", retry_backoff_s=0.0)
+    client.replicas = ReplicaPool(
+        [f"https://replicas.test:{port}"], resolve=lambda _host, _port: ["127.0.0.1", "127.0.0.2"]
+    )
+    client.session.verify = str(cert)
+    try:
+        for _ in range(4):
+            assert client.request_json("GET", "/ok") == {"ok": True, "echo": None}
+        # Both addresses served, each verified against the name, which was also the Host.
+        assert [s.hits.get("/ok") for s in servers] == [2, 2]
+        assert {h["Host"] for s in servers for h in s.headers_seen} == {f"replicas.test:{port}"}
+    finally:
+        client.close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()

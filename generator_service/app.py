@@ -28,6 +28,7 @@ from generator_service.schemas import ChatCompletionRequest, CompletionRequest, 
 from qa_common.errors import ServiceError, ValidationFailed
 from qa_common.request_context import get_request_id
 from qa_common.web import (
+    CachedReadiness,
     check_readiness,
     create_service_app,
     parse_body,
@@ -159,10 +160,17 @@ def create_app(
             raise ModelNotLoaded(f"The generation model is not loaded: {load_error}")
         return generator, builder
 
+    def check() -> dict[str, Any]:
+        gen, _ = ready_generator()
+        return gen.check_ready()
+
+    readiness = CachedReadiness(check, config.readiness_interval_s)
+    app.extensions["readiness"] = readiness
+
     @app.get("/readyz")
     def readyz() -> Any:
         gen, prompt_builder = check_readiness(ready_generator)
-        checks = check_readiness(gen.check_ready)
+        checks = readiness.get()
         about: dict[str, Any] = {}
         if getattr(gen, "origin", None):
             about["model_origin"] = gen.origin

@@ -28,6 +28,12 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
     )
+    readiness_interval_s: float = Field(
+        5.0,
+        ge=0.0,
+        le=300.0,
+        description="How often /readyz's check runs in the background (0: on every call).",
+    )
     internal_api_key: SecretStr | None = Field(
         None,
         description="Key the services use between themselves: the retriever and the generator "

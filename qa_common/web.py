@@ -299,6 +299,70 @@ def check_readiness(check: Callable[[], T]) -> T:
         raise NotReady(f"Not ready: {type(exc).__name__}: {exc}") from exc
 
 
+class CachedReadiness:
+    """Answer /readyz from the last result of a check that a background thread repeats.
+
+    A probe then costs nothing (no model forward pass per call, however often it polls), and
+    a dependency that goes away or comes back is seen within ``interval_s``. The first call
+    runs the check itself: there is nothing to answer from yet.
+    """
+
+    def __init__(self, check: Callable[[], dict[str, Any]], interval_s: float) -> None:
+        self._check = check
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._result: dict[str, Any] | None = None
+        self._error: NotReady | None = None
+        self._checked_at = 0.0
+        self._last_asked = 0.0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def get(self) -> dict[str, Any]:
+        """Return the last successful check's result (with its age), or raise its NotReady."""
+        with self._lock:
+            self._last_asked = time.monotonic()
+            # Stale when nobody asked for a while (the refresher stopped): check again now.
+            fresh = (self._result is not None or self._error is not None) and (
+                self._last_asked - self._checked_at <= 2 * self.interval_s
+            )
+            if self._thread is None and self.interval_s > 0:
+                self._thread = threading.Thread(
+                    target=self._refresh_forever, name="readiness", daemon=True
+                )
+                self._thread.start()
+        if not fresh or self.interval_s <= 0:
+            self._refresh()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            assert self._result is not None
+            age = round(time.monotonic() - self._checked_at, 2)
+            return {**self._result, "checked_s_ago": age}
+
+    def _refresh(self) -> None:
+        try:
+            result, error = check_readiness(self._check), None
+        except NotReady as exc:
+            result, error = None, exc
+        with self._lock:
+            self._result, self._error = result, error
+            self._checked_at = time.monotonic()
+
+    def _refresh_forever(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                # Nobody is probing (a test app, a replica taken out of rotation): stop
+                # running the check; the next /readyz starts the refresher again.
+                if time.monotonic() - self._last_asked > 3 * self.interval_s:
+                    self._thread = None
+                    return
+            self._refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 def sse_event(event: str, data: Any) -> str:
     """Render one server-sent event with JSON data."""
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

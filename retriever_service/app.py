@@ -17,7 +17,7 @@ from flask import Flask, Response, jsonify, request, stream_with_context
 from qa_common.errors import NotReady, ServiceError, ValidationFailed
 from qa_common.request_context import get_request_id
 from qa_common.web import (
-    check_readiness,
+    CachedReadiness,
     create_service_app,
     parse_body,
     parse_query,
@@ -213,9 +213,12 @@ def create_app(
             raise NotReady(f"The embedding model is not loaded: {load_error}")
         return kb
 
+    readiness = CachedReadiness(lambda: knowledge_base().check_ready(), config.readiness_interval_s)
+    app.extensions["readiness"] = readiness
+
     @app.get("/readyz")
     def readyz() -> Any:
-        timings = check_readiness(lambda: knowledge_base().check_ready())
+        timings = readiness.get()
         return jsonify(
             status="ready", model=kb.embedder.model_name, store=kb.store.description, **timings
         )

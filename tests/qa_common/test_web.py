@@ -343,3 +343,53 @@ def test_an_internal_service_answers_only_with_the_internal_key() -> None:
         return {"done": True}
 
     assert public.test_client().post("/v1/work", json={}).status_code == 200
+
+
+def test_readiness_is_answered_from_a_check_repeated_in_the_background() -> None:
+    import time as clock
+
+    from qa_common.errors import NotReady
+    from qa_common.web import CachedReadiness
+
+    calls = {"n": 0, "fail": False}
+
+    def check() -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["fail"]:
+            raise RuntimeError("the store does not answer")
+        return {"store_ms": 1.0}
+
+    readiness = CachedReadiness(check, interval_s=0.2)
+    try:
+        assert readiness.get()["store_ms"] == 1.0
+        assert calls["n"] == 1
+        for _ in range(20):  # a probe polling hard runs no check of its own
+            readiness.get()
+        assert calls["n"] == 1
+        calls["fail"] = True
+        deadline = clock.monotonic() + 10
+        seen: NotReady | None = None
+        while seen is None and clock.monotonic() < deadline:
+            try:
+                readiness.get()
+                clock.sleep(0.05)
+            except NotReady as exc:
+                seen = exc
+        assert seen is not None, "the failure was never seen"
+        assert "the store does not answer" in seen.message
+        calls["fail"] = False
+        while clock.monotonic() < deadline:
+            try:
+                assert "checked_s_ago" in readiness.get()
+                break
+            except NotReady:
+                clock.sleep(0.05)
+        else:
+            raise AssertionError("the recovery was never seen")
+    finally:
+        readiness.close()
+    every_call = CachedReadiness(check, interval_s=0)
+    before = calls["n"]
+    every_call.get()
+    every_call.get()
+    assert calls["n"] == before + 2

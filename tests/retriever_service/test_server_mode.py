@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -27,9 +28,21 @@ DOCS = [
 
 @pytest.fixture
 def server_client(make_app: Any, chroma_server: ChromaServer) -> Any:
-    app = make_app(chroma_host="127.0.0.1", chroma_port=chroma_server.port)
+    app = make_app(
+        chroma_host="127.0.0.1", chroma_port=chroma_server.port, readiness_interval_s=0.5
+    )
     assert "chroma server" in app.extensions["knowledge_base"].store.description
     return app.test_client()
+
+
+def poll_readyz(client: Any, status: int, timeout_s: float = 30.0) -> Any:
+    """Ask /readyz until it answers ``status`` (or the time is up); return the last answer."""
+    deadline = time.monotonic() + timeout_s
+    response = client.get("/readyz")
+    while response.status_code != status and time.monotonic() < deadline:
+        time.sleep(0.2)
+        response = client.get("/readyz")
+    return response
 
 
 def ingest(client: Any, docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,12 +96,13 @@ def test_chroma_down_is_503_and_recovers_without_restart(
         client.post("/v1/search", json={"query": "wifi"}), 503, "dependency_unavailable"
     )
     assert_error_envelope(client.post("/v1/documents", json={"documents": [{"text": "x"}]}), 503)
-    error = assert_error_envelope(client.get("/readyz"), 503, "not_ready")
+    # /readyz answers from a check repeated in the background: it says so within its interval.
+    error = assert_error_envelope(poll_readyz(client, 503), 503, "not_ready")
     assert "chroma" in error["message"]
     assert client.get("/healthz").status_code == 200
 
     chroma_server.start()  # same port, same data directory
-    assert client.get("/readyz").status_code == 200
+    assert poll_readyz(client, 200).status_code == 200
     assert search_ids(client, "wifi network", top_k=1) == ["wifi"]
     assert client.get("/v1/stats").get_json()["documents"] == 2
     assert ingest(client, DOCS[:2])["unchanged"] == 2

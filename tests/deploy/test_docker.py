@@ -153,6 +153,8 @@ def test_every_service_that_talks_to_another_shares_the_internal_key(
     # The ingest tool sits in a profile (not in the default config): read the file itself.
     ingest = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ingest"]
     assert ingest["environment"]["INTERNAL_API_KEY"].startswith("${INTERNAL_API_KEY:?")
+    # `docker compose run --rm ingest` works before `up` has built anything.
+    assert ingest["build"]["dockerfile"] == "retriever_service/Dockerfile"
 
 
 def test_chroma_shares_a_network_with_the_retriever_only(compose_config: dict) -> None:

@@ -492,3 +492,24 @@ def test_network_policies_let_each_component_be_reached_only_by_its_caller(
     assert allowed("generator") == ({"gateway"}, {"monitoring"}, {8002})
     # Chroma's server takes unauthenticated writes: only the retriever may reach it at all.
     assert allowed("chroma") == ({"retriever"}, set(), {8000})
+
+
+def test_autoscaled_deployments_leave_the_count_to_the_autoscaler(
+    objects: list[dict[str, Any]],
+) -> None:
+    scaled = {
+        h["spec"]["scaleTargetRef"]["name"]
+        for h in _of_kind(objects, "HorizontalPodAutoscaler").values()
+    }
+    assert scaled == {"retriever", "generator"}
+    deployments = _of_kind(objects, "Deployment")
+    for name in scaled:
+        assert "replicas" not in deployments[name]["spec"], name
+
+
+def test_chroma_statefulset_is_governed_by_a_headless_service(
+    objects: list[dict[str, Any]],
+) -> None:
+    statefulset = _of_kind(objects, "StatefulSet")["chroma"]
+    service = _of_kind(objects, "Service")[statefulset["spec"]["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"

@@ -46,7 +46,7 @@ from gateway.app import create_app  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.gate import relevance  # noqa: E402
 from qa_common.process import ServiceProcess, free_port  # noqa: E402
-from retriever_service.client import RetrieverClient  # noqa: E402
+from qa_common.retriever_client import RetrieverClient  # noqa: E402
 from retriever_service.ingest import IngestSummary, collect  # noqa: E402
 
 SAMPLE_QUESTIONS = ROOT / "tests" / "fixtures" / "sample_questions.json"

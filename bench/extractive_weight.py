@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from bench.report import machine_line, write_section
 from gateway.answering import Answerer, _EmbeddingMemo
-from gateway.clients import RetrieverClient as GatewayRetriever
+from gateway.clients import retriever_client
 from gateway.config import GatewayConfig
 from qa_common.process import ServiceProcess
-from retriever_service.client import RetrieverClient
+from qa_common.retriever_client import RetrieverClient
 from retriever_service.evaluation.dataset import SPLIT_SEED, load_dataset, query_half
 
 WEIGHTS = (0.15, 0.3, 0.5, 0.75, 1.0)
@@ -79,7 +79,7 @@ def measure(
         counts[query_half(query_id)] += 1
     for mode in dict.fromkeys(m for m, _ in settings):
         weights = [w for m, w in settings if m == mode]
-        retriever = GatewayRetriever(_config(retriever_url, mode, weights[0]))
+        retriever = retriever_client(_config(retriever_url, mode, weights[0]))
         # The generator is down: never called.
         answerers = {w: Answerer(retriever, None, _config(retriever_url, mode, w)) for w in weights}  # type: ignore[arg-type]
         first = answerers[weights[0]]

@@ -43,7 +43,7 @@ from bench.report import machine_line, write_section  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from qa_common.process import ServiceProcess  # noqa: E402
-from retriever_service.client import RetrieverClient  # noqa: E402
+from qa_common.retriever_client import RetrieverClient  # noqa: E402
 from retriever_service.ingest import IngestSummary, collect  # noqa: E402
 
 SECTION = "finetune-quality"

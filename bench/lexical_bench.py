@@ -741,7 +741,7 @@ def service_figures(texts: Sequence[str], queries: Sequence[str], workdir: Path)
 
     from bench.retriever_bench import BareModel, _bare_collection
     from qa_common.process import ServiceProcess
-    from retriever_service.client import RetrieverClient
+    from qa_common.retriever_client import RetrieverClient
     from retriever_service.config import load_config
 
     config = load_config()

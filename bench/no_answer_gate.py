@@ -257,7 +257,7 @@ def collect_data(client: Any) -> dict[str, Any]:
 def collect_all(jobs: list[tuple[str, Any]], cache: Path) -> None:
     """Run the jobs whose cache file is missing, against one fresh retriever."""
     from qa_common.process import ServiceProcess
-    from retriever_service.client import RetrieverClient
+    from qa_common.retriever_client import RetrieverClient
 
     missing = [(name, job) for name, job in jobs if not (cache / f"{name}.json").exists()]
     if not missing:

@@ -293,8 +293,8 @@ def run_dtype(
     from chromadb.config import Settings
 
     from qa_common.process import ServiceProcess
+    from qa_common.retriever_client import RetrieverClient
     from retriever_service.chunking import Chunker
-    from retriever_service.client import RetrieverClient
     from retriever_service.config import load_config
 
     config = load_config(embedding_dtype=dtype)

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from flask import Flask, Response, jsonify, request, send_from_directory, stream_with_context
@@ -16,7 +15,7 @@ from prometheus_client import Counter
 
 from gateway import openai_compat
 from gateway.answering import Answerer, Turn
-from gateway.clients import GeneratorClient, RetrieverClient
+from gateway.clients import GeneratorClient, RetrieverClient, retriever_client
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import AdminRoutesDisabled
 from gateway.openapi import Operation, build_openapi
@@ -44,6 +43,7 @@ from qa_common.errors import (
     ValidationFailed,
 )
 from qa_common.request_context import get_request_id, set_request_id
+from qa_common.retriever_client import document_path
 from qa_common.web import create_service_app, parse_body, sse_event, sse_response
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def create_app(
     """Build the gateway app; it holds one pooled client per downstream service."""
     config = config or load_config()
     app, http_metrics = create_service_app(__name__, "gateway", config, static_folder=None)
-    retriever = retriever or RetrieverClient(config)
+    retriever = retriever or retriever_client(config)
     generator = generator or GeneratorClient(config)
     answerer = Answerer(retriever, generator, config)
     answers = Counter(
@@ -459,10 +459,7 @@ def create_app(
         params = (
             {"collection": request.args["collection"]} if "collection" in request.args else None
         )
-        # Every "/" and "." escaped: HTTP clients resolve "." and ".." segments, which would
-        # send "notes/../faq-001" to the document "faq-001". The retriever decodes them back.
-        escaped = quote(document_id, safe="").replace(".", "%2E")
-        return jsonify(retriever.request_json("DELETE", f"/v1/documents/{escaped}", params=params))
+        return jsonify(retriever.request_json("DELETE", document_path(document_id), params=params))
 
     @app.get("/openapi.json")
     def openapi() -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from urllib3.exceptions import ReadTimeoutError
 from gateway.config import GatewayConfig
 from qa_common.errors import BadGateway, DependencyTimeout, ServiceError
 from qa_common.http_client import ServiceClient
+from qa_common.retriever_client import RetrieverClient
 
 
 def _replica_options(config: GatewayConfig) -> dict[str, Any]:
@@ -26,37 +27,18 @@ def _replica_options(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
-class RetrieverClient(ServiceClient):
-    """Calls the retriever: search, embed, document administration."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        super().__init__(
-            "retriever",
-            config.retriever_urls,
-            connect_timeout_s=config.retriever_connect_timeout_s,
-            read_timeout_s=config.retriever_read_timeout_s,
-            **_replica_options(config),
-        )
-        self.search_mode = config.search_mode
-
-    def search(self, query: str, top_k: int, collection: str | None = None) -> dict[str, Any]:
-        """Return the retriever's search response: ``results`` and, lexically, ``query_terms``."""
-        # The mode is always named: the retriever's own default may differ between versions.
-        body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": self.search_mode}
-        if collection:
-            body["collection"] = collection
-        # A search only reads: if a replica dies with it, the next replica may answer it.
-        return self.request_json("POST", "/v1/search", json=body, idempotent=True)
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        return list(
-            self.request_json("POST", "/v1/embed", json={"texts": list(texts)}, idempotent=True)[
-                "embeddings"
-            ]
-        )
-
-    def ready(self) -> dict[str, Any]:
-        return self.request_json("GET", "/readyz", read_timeout_s=5.0)
+def retriever_client(config: GatewayConfig) -> RetrieverClient:
+    """Return the gateway's client of its retriever replicas, with its timeouts and mode."""
+    options = _replica_options(config)
+    # "" sends no key: the gateway's own setting decides, not the process environment.
+    options["api_key"] = options["api_key"] or ""
+    return RetrieverClient(
+        config.retriever_urls,
+        search_mode=config.search_mode,
+        connect_timeout_s=config.retriever_connect_timeout_s,
+        read_timeout_s=config.retriever_read_timeout_s,
+        **options,
+    )
 
 
 @dataclass(frozen=True)
@@ -139,4 +121,11 @@ def _json_data(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-__all__ = ["GeneratorClient", "RetrieverClient", "ServiceError", "StreamEvent", "parse_sse"]
+__all__ = [
+    "GeneratorClient",
+    "RetrieverClient",
+    "ServiceError",
+    "StreamEvent",
+    "parse_sse",
+    "retriever_client",
+]

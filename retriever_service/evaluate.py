@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_common.errors import ServiceError
-from retriever_service.client import RetrieverClient
+from qa_common.retriever_client import RetrieverClient
 from retriever_service.evaluation.dataset import (
     QUERY_SPLITS,
     SPLIT_SEED,

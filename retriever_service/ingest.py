@@ -180,7 +180,7 @@ class IngestTarget:
 
 class HttpTarget(IngestTarget):
     def __init__(self, url: str, collection: str | None) -> None:
-        from retriever_service.client import RetrieverClient
+        from qa_common.retriever_client import RetrieverClient
 
         self.client = RetrieverClient(url)
         self.collection = collection

@@ -1,6 +1,6 @@
 """Ingest a dataset into a running retriever over HTTP, search every query and score it.
 
-``client`` is anything with the methods of ``retriever_service.client.RetrieverClient`` used
+``client`` is anything with the methods of ``qa_common.retriever_client.RetrieverClient`` used
 here (``ingest``, ``search``, ``stats``, ``delete_collection``, ``request_json``), so the tests
 can pass a fake.
 """

@@ -89,6 +89,9 @@ class SearchRequest(StrictModel):
     def _valid_where(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         # Chroma rejects a bad filter with a bare ValueError deep in the query (a 500 otherwise).
         if value:
+            # The package first: importing chromadb.api.types on its own (a first request with
+            # a filter, before the store touched chromadb) fails as a circular import.
+            import chromadb  # noqa: F401
             from chromadb.api.types import validate_where
 
             validate_where(value)

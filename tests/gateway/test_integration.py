@@ -288,6 +288,29 @@ def test_the_retriever_and_generator_answer_only_with_the_internal_key(
     assert LIVE_INTERNAL_KEY not in live_stack.logs()
 
 
+def test_logs_at_info_carry_no_question_text_document_text_or_key(
+    live_stack: LiveStack,
+) -> None:
+    marker = "quokka-marker-5521"
+    ask(live_stack.url, f"does the {marker} thermostat support geofencing?")
+    added = requests.post(
+        f"{live_stack.url}/v1/documents",
+        json={"documents": [{"id": "log-check", "text": f"The {marker} lobby code is 8812."}]},
+        headers={"Authorization": f"Bearer {LIVE_ADMIN_KEY}"},
+        timeout=60,
+    )
+    assert added.status_code == 200, added.text
+    requests.delete(
+        f"{live_stack.url}/v1/documents/log-check",
+        headers={"Authorization": f"Bearer {LIVE_ADMIN_KEY}"},
+        timeout=60,
+    )
+    logs = "\n".join(s.log_tail(2000) for s in (live_stack.gateway, live_stack.retriever) if s)
+    assert "/v1/ask" in logs  # the gateway does log its requests, at INFO
+    for secret in (marker, "8812", LIVE_ADMIN_KEY, LIVE_INTERNAL_KEY):
+        assert secret not in logs, secret
+
+
 # Asked as a new user would; data/guides/troubleshooting.md lists each code word for word, and
 # MiniLM embeds its E1–E7 lines almost alike.
 EXACT_TERM_QUESTIONS = [

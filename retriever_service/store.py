@@ -21,6 +21,7 @@ from qa_common.errors import (
     DependencyUnavailable,
     ValidationFailed,
 )
+from retriever_service.dir_lock import lock_directory
 from retriever_service.errors import CollectionNotFound, EmbeddingModelMismatch
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class ChromaStore:
     ) -> None:
         if not path and not host:
             raise ValueError("ChromaStore needs a path (embedded) or a host (server)")
+        if path and not host:
+            lock_directory(path)
         self.spec = spec
         self._path = path
         self._host = host

@@ -19,7 +19,9 @@ import requests
 
 from gateway.schemas import AskResponse
 from tests.conftest import FIXTURES_DIR
-from tests.e2e.conftest import ADMIN_KEY, Stack, requests_served, wait_until
+from tests.e2e.conftest import INTERNAL_KEY, Stack, requests_served, wait_until
+
+INTERNAL = {"Authorization": f"Bearer {INTERNAL_KEY}"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -133,7 +135,10 @@ def test_without_generators_answers_flow_extractively_and_come_back(stack: Stack
 
 def _search(url: str, query: str, mode: str) -> list[str]:
     response = requests.post(
-        f"{url}/v1/search", json={"query": query, "mode": mode, "top_k": 3}, timeout=60
+        f"{url}/v1/search",
+        json={"query": query, "mode": mode, "top_k": 3},
+        headers=INTERNAL,
+        timeout=60,
     )
     assert response.status_code == 200, response.text
     return [h["document_id"] for h in response.json()["results"]]
@@ -147,14 +152,16 @@ def test_exact_terms_written_on_one_replica_are_found_on_every_replica(stack: St
     for writer, url in enumerate(urls):
         code = f"QX-{writer}{stack.shape[:3].upper()}"
         document = {"id": f"e2e-code-{writer}", "text": f"Error {code} means the vent is shut."}
-        response = requests.post(f"{url}/v1/documents", json={"documents": [document]}, timeout=120)
+        response = requests.post(
+            f"{url}/v1/documents", json={"documents": [document]}, headers=INTERNAL, timeout=120
+        )
         assert response.status_code == 200, response.text
         for reader in urls:
             assert _search(reader, code, "lexical") == [document["id"]], (writer, reader)
             assert _search(reader, f"what does {code} mean", "hybrid")[0] == document["id"]
         response = requests.delete(
             f"{url}/v1/documents/{document['id']}",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=INTERNAL,
             timeout=60,
         )
         assert response.status_code == 200, response.text
@@ -234,4 +241,6 @@ def test_replicas_share_traffic_and_losing_one_loses_no_request(stack: Stack) ->
     assert stack.gateway.process.pid == gateway_pid, "the gateway was not restarted"
     for kind, (replicas, endpoints) in scaled.items():
         survivor = requests_served(replicas[1], endpoints[0])
-        assert survivor >= survivors_before[kind][1] + 30, (kind, survivor)
+        # Every ask reached the surviving replica, but the generations lost with the kill.
+        lost = len(degraded) if kind == "generator" else 0
+        assert survivor >= survivors_before[kind][1] + 30 - lost, (kind, survivor, lost)

@@ -12,10 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask, Response, jsonify, request, stream_with_context
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from qa_common.process import ServiceProcess, free_port
-from tests.conftest import DATA_DIR, REPO_ROOT, serve_app
+from qa_common.process import free_port
+from tests.conftest import serve_app
+from tests.stack import ADMIN_KEY, INTERNAL_KEY, Stack, running_stack
 
 # Snippets in the shape the retriever stores FAQ rows: the question line, then the answer.
 CORPUS: list[dict[str, Any]] = [
@@ -390,124 +387,11 @@ def parse_events(text: str) -> list[tuple[str, Any]]:
 # -- the real services, under gunicorn (slow tests) -------------------------------------------
 
 
-LIVE_ADMIN_KEY = "live-admin-key-3c4d"
-# The live stack runs as deployed: the retriever and the generator answer only with this key.
-LIVE_INTERNAL_KEY = "live-internal-key-8e1f"
-
-
-class LiveStack:
-    """The real retriever (data/ ingested), a generator (the tiny model unless told) and the
-    gateway."""
-
-    def __init__(
-        self, root: Path, tiny_model_dir: Path | str, generator_env: dict[str, str] | None = None
-    ) -> None:
-        self.root = root
-        self.retriever = ServiceProcess(
-            "retriever_service",
-            env={
-                "CHROMA_PATH": str(root / "chroma"),
-                "HF_HUB_OFFLINE": "1",
-                "INTERNAL_API_KEY": LIVE_INTERNAL_KEY,
-                "RETRIEVER_THREADS": "8",
-                "LOG_LEVEL": "WARNING",
-            },
-            log_path=root / "retriever.log",
-        )
-        self.generator_env = {
-            "GENERATOR_MODEL": str(tiny_model_dir),
-            "GENERATOR_TORCH_THREADS": "1",
-            "GENERATOR_MAX_NEW_TOKENS": "24",
-            "GENERATOR_THREADS": "16",
-            "HF_HUB_OFFLINE": "1",
-            "INTERNAL_API_KEY": LIVE_INTERNAL_KEY,
-            "LOG_LEVEL": "WARNING",
-            **(generator_env or {}),
-        }
-        self.generator = self._generator()
-        self.gateway: ServiceProcess | None = None
-
-    def _generator(self, port: int | None = None) -> ServiceProcess:
-        return ServiceProcess(
-            "generator_service",
-            port=port,
-            env=self.generator_env,
-            log_path=self.root / "generator.log",
-        )
-
-    def start(self) -> None:
-        self.retriever.start()
-        self.generator.start()
-        self.retriever.wait_ready(timeout_s=180)
-        ingest = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "retriever_service.ingest",
-                str(DATA_DIR),
-                "--url",
-                self.retriever.url,
-                "--quiet",
-            ],
-            cwd=REPO_ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "INTERNAL_API_KEY": LIVE_INTERNAL_KEY},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-        stats = requests.get(
-            f"{self.retriever.url}/v1/stats",
-            headers={"Authorization": f"Bearer {LIVE_INTERNAL_KEY}"},
-            timeout=10,
-        ).json()
-        assert stats["documents"] >= 50, stats
-        assert stats["chunks"] >= stats["documents"], stats
-        self.generator.wait_ready(timeout_s=180)
-        self.gateway = ServiceProcess(
-            "gateway",
-            env={
-                "RETRIEVER_URL": self.retriever.url,
-                "GENERATOR_URL": self.generator.url,
-                "REPLICA_COOLDOWN_S": "1",
-                "ADMIN_API_KEY": LIVE_ADMIN_KEY,
-                "INTERNAL_API_KEY": LIVE_INTERNAL_KEY,
-                "GENERATOR_READ_TIMEOUT_S": "60",
-                "GATEWAY_WORKERS": "2",
-                "LOG_LEVEL": "INFO",
-            },
-            log_path=self.root / "gateway.log",
-        ).start()
-        self.gateway.wait_ready(timeout_s=60)
-
-    @property
-    def url(self) -> str:
-        assert self.gateway is not None
-        return self.gateway.url
-
-    def kill_generator(self) -> None:
-        self.generator.kill()
-        self.generator.stop()
-
-    def restart_generator(self) -> None:
-        """Start the generator again on the same port (after kill_generator)."""
-        if self.generator.process is not None and self.generator.process.poll() is None:
-            return
-        self.generator = self._generator(port=self.generator.port).start()
-        self.generator.wait_ready(timeout_s=180)
-
-    def stop(self) -> None:
-        for service in (self.gateway, self.generator, self.retriever):
-            if service is not None:
-                service.stop()
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {s.package} ---\n{s.log_tail(30)}"
-            for s in (self.retriever, self.generator, self.gateway)
-            if s is not None
-        )
+# The stack is the one tests/e2e runs on (tests/stack.py): one retriever on embedded Chroma, one
+# generator, the gateway; the services require the internal key between themselves.
+LiveStack = Stack
+LIVE_ADMIN_KEY = ADMIN_KEY
+LIVE_INTERNAL_KEY = INTERNAL_KEY
 
 
 @pytest.fixture(scope="session")
@@ -524,15 +408,8 @@ def live_stack(
 ) -> Iterator[LiveStack]:
     """All three services under gunicorn on free ports, data/ ingested; shared by the slow
     tests (a test that kills the generator starts it again)."""
-    stack = LiveStack(tmp_path_factory.mktemp("gateway-live"), gateway_tiny_model_dir)
-    try:
-        stack.start()
+    with running_stack(tmp_path_factory.mktemp("gateway-live"), gateway_tiny_model_dir) as stack:
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")
@@ -540,19 +417,9 @@ def real_model_stack(
     tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path
 ) -> Iterator[LiveStack]:
     """The live stack with the real bundled SmolLM2-135M-Instruct writing the answers."""
-    stack = LiveStack(
+    with running_stack(
         tmp_path_factory.mktemp("gateway-real-model"),
         "smollm2-135m-instruct",
-        generator_env={
-            "GENERATOR_MAX_NEW_TOKENS": "64",
-            "GENERATOR_TORCH_THREADS": "2",
-        },
-    )
-    try:
-        stack.start()
+        generator_env={"GENERATOR_MAX_NEW_TOKENS": "64", "GENERATOR_TORCH_THREADS": "2"},
+    ) as stack:
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()

@@ -142,7 +142,7 @@ def test_streaming_end_to_end(live_stack: LiveStack) -> None:
 def test_generator_killed_then_restarted(live_stack: LiveStack) -> None:
     question = "how many of the little wireless room sensors can one thermostat handle"
     assert "degraded" not in ask(live_stack.url, question)
-    live_stack.kill_generator()
+    live_stack.kill_generators()
     try:
         for _ in range(4):  # both gateway workers, whichever answers
             body = ask(live_stack.url, question)
@@ -160,7 +160,7 @@ def test_generator_killed_then_restarted(live_stack: LiveStack) -> None:
         assert ready.status_code == 200
         assert ready.json()["generator"].startswith("unavailable")
     finally:
-        live_stack.restart_generator()
+        live_stack.restart_generators()
     # The gateway was not restarted: a set-aside replica is tried again (REPLICA_COOLDOWN_S=1).
     deadline = time.monotonic() + 30
     recovered = None

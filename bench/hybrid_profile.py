@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import lexical_bench as corpus
 from bench.report import machine_line, write_section
+from bench.timing import time_method
 
 SECTION = "hybrid-profile"
 TOP_K = 5
@@ -63,7 +64,7 @@ def profile(kb: Any, queries: Sequence[str], rounds: int) -> dict[str, Any]:
     """Time dense and hybrid searches of each query, with each step's share."""
     per_call: dict[str, float] = defaultdict(float)
     for label, owner, method in STEPS:
-        _wrap(_owner(kb, owner), method, label, per_call)
+        time_method(_owner(kb, owner), method, label, per_call)
     # Load the lexical index and warm every path before timing.
     for query in queries[:20]:
         kb.search(query, top_k=TOP_K, mode="hybrid")
@@ -86,19 +87,6 @@ def profile(kb: Any, queries: Sequence[str], rounds: int) -> dict[str, Any]:
                 samples[mode]["rest (fusion, sorting, hits)"].append(total - sum(per_call.values()))
                 samples[mode]["floor"].append(sum(per_call.get(s, 0.0) for s in FLOOR_STEPS))
     return {mode: dict(steps) for mode, steps in samples.items()}
-
-
-def _wrap(owner: Any, method: str, label: str, per_call: dict[str, float]) -> None:
-    original = getattr(owner, method)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            per_call[label] += time.perf_counter() - started
-
-    setattr(owner, method, timed)
 
 
 def _p50(values: Sequence[float]) -> float:

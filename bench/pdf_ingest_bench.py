@@ -25,11 +25,12 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.report import machine_line, write_section
+from bench.timing import time_method
 
 SECTION = "pdf-ingest"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "eval" / "xquad-en" / "corpus.jsonl"
@@ -125,7 +126,7 @@ def breakdown(paths: Sequence[Path], workdir: Path) -> dict[str, float]:
         (kb.lexical, "record_write", "store: lexical write record"),
     ]
     for owner, method, label in steps:
-        _wrap(owner, method, label, seconds)
+        time_method(owner, method, label, seconds)
     parser.parse("pdf", paths[0].read_bytes())  # start the parser process before timing
     for label in list(seconds):
         seconds[label] = 0.0
@@ -138,19 +139,6 @@ def breakdown(paths: Sequence[Path], workdir: Path) -> dict[str, float]:
     seconds["chunks"] = float(kb.store.count(kb.default_collection))
     parser.close()
     return dict(seconds)
-
-
-def _wrap(owner: Any, method: str, label: str, seconds: dict[str, float]) -> None:
-    original: Callable[..., Any] = getattr(owner, method)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            seconds[label] += time.perf_counter() - started
-
-    setattr(owner, method, timed)
 
 
 def render(figures: dict[str, Any]) -> str:

@@ -171,7 +171,15 @@ class IngestTarget:
         raise NotImplementedError
 
     def documents(self) -> Iterator[dict[str, Any]]:
-        """Yield every document of the collection (id, source, metadata)."""
+        """Yield every document of the collection (id, source, metadata), a page at a time."""
+        offset: int | None = 0
+        while offset is not None:
+            page = self.list_page(offset)
+            yield from page["documents"]
+            offset = page["next_offset"]
+
+    def list_page(self, offset: int) -> dict[str, Any]:
+        """Return one page of ``GET /v1/documents`` from ``offset``."""
         raise NotImplementedError
 
     def delete(self, document_id: str) -> None:
@@ -188,12 +196,8 @@ class HttpTarget(IngestTarget):
     def send(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         return self.client.ingest(batch, self.collection)
 
-    def documents(self) -> Iterator[dict[str, Any]]:
-        offset: int | None = 0
-        while offset is not None:
-            page = self.client.list_documents(self.collection, limit=500, offset=offset)
-            yield from page["documents"]
-            offset = page["next_offset"]
+    def list_page(self, offset: int) -> dict[str, Any]:
+        return self.client.list_documents(self.collection, limit=500, offset=offset)
 
     def delete(self, document_id: str) -> None:
         self.client.delete_document(document_id, self.collection)
@@ -228,12 +232,8 @@ class InProcessTarget(IngestTarget):
         )
         return {"results": [{"id": o.id, "status": o.status, "chunks": o.chunks} for o in outcomes]}
 
-    def documents(self) -> Iterator[dict[str, Any]]:
-        offset: int | None = 0
-        while offset is not None:
-            page = self.kb.list_documents(self.collection, limit=500, offset=offset)
-            yield from page["documents"]
-            offset = page["next_offset"]
+    def list_page(self, offset: int) -> dict[str, Any]:
+        return self.kb.list_documents(self.collection, limit=500, offset=offset)
 
     def delete(self, document_id: str) -> None:
         self.kb.delete_document(document_id, self.collection)

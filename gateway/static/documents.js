@@ -92,8 +92,10 @@
     button.disabled = true;
     try {
       const response = await fetch(`/v1/documents/${escapedId(doc.id)}`, { method: "DELETE", headers: authHeaders({}) });
-      uploadStatus.textContent = response.ok ? `Deleted ${title}.` : await failure(response);
+      const message = response.ok ? `Deleted ${title}.` : await failure(response);
+      // The list first, then the news: what the status says is what the table shows.
       await loadDocuments(true);
+      uploadStatus.textContent = message;
     } catch {
       uploadStatus.textContent = "The gateway cannot be reached.";
       button.disabled = false;

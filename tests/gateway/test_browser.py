@@ -208,6 +208,6 @@ def test_documents_panel_uploads_lists_and_deletes_a_file(
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Delete Lobby kiosk manual").click()
     page.locator("#upload-status", has_text="Deleted").wait_for()
-    assert page.locator("#document-rows tr", has_text="kiosk-manual.pdf").count() == 0
+    page.locator("#document-rows tr", has_text="kiosk-manual.pdf").wait_for(state="detached")
     assert page.locator("#document-rows tr").count() == before
     assert page.errors == []

@@ -36,9 +36,14 @@ log = logging.getLogger(__name__)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
+def internal_api_key() -> str | None:
+    """Return ``INTERNAL_API_KEY`` from the environment (what the tools send), or None."""
+    return os.environ.get("INTERNAL_API_KEY") or None
+
+
 def internal_auth_headers() -> dict[str, str]:
     """Return the header that carries ``INTERNAL_API_KEY`` from the environment, if it is set."""
-    key = os.environ.get("INTERNAL_API_KEY")
+    key = internal_api_key()
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from qa_common.http_client import ServiceClient
+from qa_common.http_client import ServiceClient, internal_api_key
 
 
 class RetrieverClient(ServiceClient):
@@ -28,7 +27,7 @@ class RetrieverClient(ServiceClient):
         **kwargs: Any,
     ) -> None:
         if api_key is None:
-            api_key = os.environ.get("INTERNAL_API_KEY") or None
+            api_key = internal_api_key()
         super().__init__(
             "retriever", base_url, read_timeout_s=read_timeout_s, api_key=api_key, **kwargs
         )

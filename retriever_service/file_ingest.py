@@ -7,11 +7,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from qa_common.errors import ServiceError
 from retriever_service.knowledge_base import DocumentInput, IngestOutcome, KnowledgeBase
 from retriever_service.loaders import LoadedDocument, LoadProblem, Parser, load_bytes
+from retriever_service.schemas import DocumentId
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DOCUMENT_ID: TypeAdapter[str] = TypeAdapter(DocumentId)
 
 
 @dataclass
@@ -122,7 +126,10 @@ def _check(document: LoadedDocument, limits: UploadLimits) -> str | None:
     """Return why a parsed document breaks the ingest rules, or None."""
     if len(document.text) > limits.max_text_chars:
         return f"text is {len(document.text):,} characters; at most {limits.max_text_chars:,}"
-    if len(document.id) > 512 or _CONTROL.search(document.id):
+    try:
+        # The id rules of a JSON ingest request, from the same type.
+        _DOCUMENT_ID.validate_python(document.id)
+    except ValidationError:
         return "id is longer than 512 characters or holds control characters"
     return None
 

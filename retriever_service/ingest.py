@@ -32,7 +32,6 @@ from retriever_service.folder_sync import (
     stale_documents,
 )
 from retriever_service.loaders import (
-    SUPPORTED_SUFFIXES,
     LoadedDocument,
     LoadProblem,
     Parser,
@@ -40,6 +39,7 @@ from retriever_service.loaders import (
     discover,
     load,
 )
+from retriever_service.parsing.formats import SUPPORTED_SUFFIXES
 
 log = logging.getLogger("retriever_service.ingest")
 

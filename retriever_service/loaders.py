@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from retriever_service.parsing.formats import (
-    DOCUMENT_TYPES,
     RECORD_TYPES,
     SUPPORTED_SUFFIXES,
     file_type,
@@ -36,7 +35,6 @@ from retriever_service.parsing.text import decode_text
 log = logging.getLogger(__name__)
 _TEXT_FIELDS = ("text", "content", "body")
 _ID_FIELDS = ("id", "_id", "doc_id", "document_id")
-__all__ = ["DOCUMENT_TYPES", "RECORD_TYPES", "SUPPORTED_SUFFIXES"]
 
 
 class Parser(Protocol):

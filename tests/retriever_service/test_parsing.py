@@ -175,20 +175,23 @@ def never_returns(kind: str, data: bytes, limits: ParseLimits) -> None:
     time.sleep(3600)
 
 
+def _in_child_with(parse: object, kind: str, data: bytes, limits: ParseLimits) -> None:
+    """Run the sandbox's child entry point with ``parse`` standing in for the real parsers."""
+    import retriever_service.parsing.sandbox as sandbox
+
+    sandbox.parse_document = parse  # type: ignore[assignment]
+    sandbox._parse_in_child(kind, data, limits)
+
+
 def allocates_without_bound(kind: str, data: bytes, limits: ParseLimits) -> None:
     """Stand in for a decompression bomb the zip check cannot see (run in the child)."""
-    from retriever_service.parsing.sandbox import _parse_in_child
-
     blocks = []
 
     def inflate(*_: object) -> None:
         while True:
             blocks.append(bytearray(64 * 1024 * 1024))
 
-    import retriever_service.parsing.sandbox as sandbox
-
-    sandbox.parse_document = inflate  # type: ignore[assignment]
-    _parse_in_child(kind, data, limits)
+    _in_child_with(inflate, kind, data, limits)
 
 
 def test_sandboxed_parser_is_stopped_at_its_time_limit_and_recovers() -> None:
@@ -217,13 +220,11 @@ def test_sandboxed_parser_bounds_memory() -> None:
 
 def raises_an_unexpected_error(kind: str, data: bytes, limits: ParseLimits) -> None:
     """Stand in for a parser library failing with its own error type (run in the child)."""
-    import retriever_service.parsing.sandbox as sandbox
 
     def broken(*_: object) -> None:
         raise AttributeError("'NullObject' object has no attribute 'get_object'")
 
-    sandbox.parse_document = broken  # type: ignore[assignment]
-    sandbox._parse_in_child(kind, data, limits)
+    _in_child_with(broken, kind, data, limits)
 
 
 def test_any_parser_failure_is_that_files_refusal_not_a_crash() -> None:

@@ -127,7 +127,7 @@ def _synthetic(count: int, seed: int) -> tuple[list[str], list[str], list[str]]:
 def load_data(dataset: Path, count: int, n_queries: int, embedder: Callable[[], Any]) -> Data:
     """Build the chunks; their vectors come from the cache or from ``embedder()`` (slow)."""
     from bench.retriever_bench import synthetic_texts
-    from retriever_service.chunking import chunk_id
+    from retriever_service.versions import derived_version, versioned_chunk_id
 
     if (dataset / "corpus.jsonl").exists():
         texts, sources, questions = _windows(dataset, count, SEED)
@@ -151,12 +151,14 @@ def load_data(dataset: Path, count: int, n_queries: int, embedder: Callable[[], 
     for i, text in enumerate(texts):
         document_id = f"doc-{i // CHUNKS_PER_DOCUMENT:06d}"
         position = i % CHUNKS_PER_DOCUMENT
-        ids.append(chunk_id(document_id, position))
-        # The six keys the service adds to every chunk, plus one of the user's.
+        ids.append(versioned_chunk_id(document_id, derived_version(document_id), position))
+        # The keys the service adds to every chunk, plus one of the user's.
         metadatas.append(
             {
                 "source": sources[i],
                 "_document_id": document_id,
+                "_version": derived_version(document_id),
+                "_written_at": 1_700_000_000.0,
                 "_position": position,
                 "_chunk_count": CHUNKS_PER_DOCUMENT,
                 "_content_hash": hashlib.sha256(document_id.encode()).hexdigest(),

@@ -46,12 +46,14 @@ from typing import Any
 import numpy as np
 
 from bench.report import machine_line, write_section
+from retriever_service.versions import derived_version, versioned_chunk_id
 
 SECTION = "lexical-bench"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path("/tmp/lexical-bench-cache")
 # Bump when the generated chunks change: the cache is keyed by it.
-GENERATOR_VERSION = 1
+# 2: chunks keyed by document version, with version records, as the service stores them.
+GENERATOR_VERSION = 2
 COLLECTION = "lexical-bench"
 DIMENSION = 384
 TEXT_SEED = 20_260_301
@@ -114,12 +116,14 @@ class Chunk:
     end: int
     content_hash: str
     text: str
+    version: str = ""
 
     def metadata(self) -> dict[str, str | int]:
         from retriever_service import chunk_keys as keys
 
         return {
             keys.DOCUMENT_ID: self.document_id,
+            keys.VERSION: self.version,
             keys.POSITION: self.position,
             keys.CHUNK_COUNT: self.chunk_count,
             keys.CONTENT_HASH: self.content_hash,
@@ -151,12 +155,13 @@ def _block(block: int, seed: int, salt: str = "") -> list[Chunk]:
         count = min(int(rng.integers(1, 5)), BLOCK - len(chunks))
         doc_id = f"doc-{block}-{document}{salt}"
         digest = hashlib.sha256(f"{doc_id}/{seed}/{salt}".encode()).hexdigest()
+        version = derived_version(doc_id, digest)
         offset = 0
         for position in range(count):
             text = _text(rng, words, cdf)
             chunks.append(
                 Chunk(
-                    id=f"{doc_id}:{position}",
+                    id=versioned_chunk_id(doc_id, version, position),
                     document_id=doc_id,
                     position=position,
                     chunk_count=count,
@@ -164,6 +169,7 @@ def _block(block: int, seed: int, salt: str = "") -> list[Chunk]:
                     end=offset + len(text),
                     content_hash=digest,
                     text=text,
+                    version=version,
                 )
             )
             offset += len(text) + 1
@@ -213,6 +219,7 @@ def store_spec() -> Any:
 def build_chroma(path: Path, count: int) -> None:
     """Store ``count`` chunks in an embedded Chroma at ``path`` as the service stores them."""
     from retriever_service.store import ChromaStore, StoredChunk
+    from retriever_service.versions import VersionRecord
 
     store = ChromaStore(store_spec(), path=str(path))
     store.ensure_collection(COLLECTION, create=True)
@@ -229,6 +236,22 @@ def build_chroma(path: Path, count: int) -> None:
                 StoredChunk(c.id, c.text, c.metadata(), vectors[k])  # type: ignore[arg-type]
                 for k, c in enumerate(chunks)
             ],
+        )
+        store.put_versions(
+            [
+                VersionRecord(
+                    collection=COLLECTION,
+                    document_id=c.document_id,
+                    version=c.version,
+                    seq=1,
+                    state="live",
+                    content_hash=c.content_hash,
+                    chunk_count=c.chunk_count,
+                    ingested_at=1_700_000_000.0,
+                )
+                for c in chunks
+                if c.position == 0
+            ]
         )
     if store.count(COLLECTION) != count:
         raise RuntimeError(f"built {store.count(COLLECTION)} chunks, wanted {count}")

@@ -106,6 +106,29 @@ def _warm_lexical_index(kb: KnowledgeBase) -> None:
         )
 
 
+def _sweep_store(kb: KnowledgeBase, orphan_grace_s: float) -> None:
+    """Remove what killed or beaten writes left in every collection; readers never see it."""
+    try:
+        collections = kb.store.list_collections()
+    except Exception:
+        log.warning("could not list collections to sweep at start", exc_info=True)
+        return
+    for name in collections:
+        try:
+            removed = kb.sweep(name, orphan_grace_s=orphan_grace_s)
+        except Exception:
+            log.warning("could not sweep collection %s at start", name, exc_info=True)
+            continue
+        if any(removed.values()):
+            log.info(
+                "swept %s: %d superseded versions, %d orphan chunks removed",
+                name,
+                removed["superseded_versions"],
+                removed["orphan_chunks"],
+            )
+    log.info("start-up sweep done (%d collections)", len(collections))
+
+
 NDJSON = "application/x-ndjson"
 
 
@@ -206,6 +229,14 @@ def create_app(
         # reconcile takes ~40 s at 100k chunks, and lexical searches wait for it.
         threading.Thread(
             target=_warm_lexical_index, args=(kb,), name="lexical-warm-up", daemon=True
+        ).start()
+
+    if kb is not None and config.startup_sweep:
+        threading.Thread(
+            target=_sweep_store,
+            args=(kb, config.orphan_grace_s),
+            name="start-up-sweep",
+            daemon=True,
         ).start()
 
     def knowledge_base() -> KnowledgeBase:

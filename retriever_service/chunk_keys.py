@@ -8,3 +8,6 @@ START = "_start"
 END = "_end"
 RESERVED_PREFIX = "_"
 INGESTED_AT = "_ingested_at"
+# The document version a chunk belongs to (also in its id), and when the chunk was written.
+VERSION = "_version"
+WRITTEN_AT = "_written_at"

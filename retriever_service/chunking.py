@@ -43,11 +43,6 @@ class _Unit:
     tokens: int
 
 
-def chunk_id(document_id: str, position: int) -> str:
-    """Return the id of a document's chunk at a position."""
-    return f"{document_id}:{position}"
-
-
 class Chunker:
     """Packs sentences into chunks of at most ``max_tokens`` model tokens."""
 

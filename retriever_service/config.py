@@ -51,6 +51,15 @@ class RetrieverConfig(ServiceSettings):
     )
     lexical_reconcile_s: float = Field(300.0, ge=1.0)
     lexical_warm_up: bool = True
+    startup_sweep: bool = Field(
+        True, description="Remove superseded versions and orphan chunks in the background at start."
+    )
+    orphan_grace_s: float = Field(
+        600.0,
+        ge=0.0,
+        description="Age after which chunks no committed version names (a writer died before "
+        "committing) are removed by the start-up sweep; keep it above any write's duration.",
+    )
 
     max_embed_texts: int = Field(256, ge=1, le=10_000)
     max_documents_per_request: int = Field(1000, ge=1, le=100_000)

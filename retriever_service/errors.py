@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qa_common.errors import Conflict, NotFound
+from qa_common.errors import Conflict, NotFound, NotReady
 
 
 class DocumentNotFound(NotFound):
@@ -17,3 +17,15 @@ class EmbeddingModelMismatch(Conflict):
     """A collection was built with another embedding model; mixing vectors would be garbage."""
 
     code = "embedding_model_mismatch"
+
+
+class WriteConflict(Conflict):
+    """A concurrent write of the same document won; this one was not kept."""
+
+    code = "write_conflict"
+
+
+class MigrationRequired(NotReady):
+    """The store was written by an earlier layout; the migration command re-keys it."""
+
+    code = "migration_required"

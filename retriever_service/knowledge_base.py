@@ -1,7 +1,8 @@
 """The retriever's core: ingest documents as chunks, delete them, and search them.
 
-Chroma has no transactions, so a write that fails halfway is compensated: the chunks it added
-are removed and the document's previous chunks are put back, leaving no half document behind.
+Chroma has no transactions, so documents change by versions (see ``versions``): a write stores
+its chunks under a new version and switches to it with one record; searches and reads return
+only chunks of each document's current version.
 """
 
 from __future__ import annotations
@@ -29,15 +30,25 @@ from retriever_service.chunk_keys import (
     POSITION,
     RESERVED_PREFIX,
     START,
+    VERSION,
+    WRITTEN_AT,
 )
-from retriever_service.chunking import Chunk, Chunker, chunk_id
+from retriever_service.chunking import Chunk, Chunker
 from retriever_service.embedder import Embedder
-from retriever_service.errors import DocumentNotFound
+from retriever_service.errors import DocumentNotFound, WriteConflict
 from retriever_service.fusion import Fusion, fuse
 from retriever_service.lexical import query_terms
 from retriever_service.lexical_sync import LexicalSync, lexical_chunks
 from retriever_service.parsing.model import Segment
-from retriever_service.store import Metadata, StoredChunk, VectorStore
+from retriever_service.store import Metadata, ScoredChunk, StoredChunk, VectorStore
+from retriever_service.versions import (
+    VersionRecord,
+    current_versions,
+    new_version,
+    next_seq,
+    parse_chunk_id,
+    versioned_chunk_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,62 +205,69 @@ class KnowledgeBase:
                     {"field": "documents", "message": f"repeated id {d!r}"} for d in duplicates
                 ],
             )
+        self.store.ensure_collection(name, create=True)
+        hashes = [self.content_hash(doc) for doc in documents]
+        # Writes in one process are serialized, so that one replica never conflicts with itself.
         with self._write_lock:
-            self.store.ensure_collection(name, create=True)
-            existing = self._existing_chunks(name, ids)
-            hashes = [self.content_hash(doc) for doc in documents]
+            current = current_versions(self.store.get_versions(name, ids))
             outcomes: list[IngestOutcome | None] = [None] * len(documents)
             to_write: list[int] = []
             for i, doc_id in enumerate(ids):
-                stored = existing.get(doc_id, [])
-                if self._is_complete(stored, hashes[i]):
-                    outcomes[i] = IngestOutcome(doc_id, "unchanged", len(stored))
+                stored = current.get(doc_id)
+                if stored is not None and stored.live and stored.content_hash == hashes[i]:
+                    outcomes[i] = IngestOutcome(doc_id, "unchanged", stored.chunk_count)
                 else:
                     to_write.append(i)
-            if to_write:
-                written, chunks = self._write(
-                    name, documents, ids, hashes, to_write, existing, progress
-                )
-                for i in to_write:
-                    status = "updated" if existing.get(ids[i]) else "created"
-                    outcomes[i] = IngestOutcome(ids[i], status, written[i])
+            if not to_write:
+                return [o for o in outcomes if o is not None]
+            records, chunks = self._write_chunks(name, documents, ids, hashes, to_write, progress)
+            won, lost = self._commit(name, records)
+            won_ids = {r.document_id for r in won}
+            for i in to_write:
+                if ids[i] in won_ids:
+                    previous = current.get(ids[i])
+                    status = "updated" if previous is not None and previous.live else "created"
+                    outcomes[i] = IngestOutcome(ids[i], status, records[ids[i]].chunk_count)
+            if won:
                 self.lexical.record_write(
-                    name, [ids[i] for i in to_write], chunks=lexical_chunks(chunks)
+                    name,
+                    sorted(won_ids),
+                    chunks=lexical_chunks(c for c in chunks if c.metadata[DOCUMENT_ID] in won_ids),
                 )
+        if lost:
+            raise WriteConflict(
+                "Another request wrote the same documents at the same time and was kept; these "
+                f"were not stored: {sorted(r.document_id for r in lost)[:5]}. Send them again "
+                "to replace it.",
+                details=[
+                    {"field": "documents", "message": f"conflict on id {r.document_id!r}"}
+                    for r in lost
+                ]
+                + [
+                    {"id": o.id, "status": o.status, "chunks": o.chunks}
+                    for o in outcomes
+                    if o is not None
+                ],
+            )
         return [o for o in outcomes if o is not None]
 
-    def _existing_chunks(self, collection: str, ids: Sequence[str]) -> dict[str, list[StoredChunk]]:
-        found: dict[str, list[StoredChunk]] = {}
-        unique = list(dict.fromkeys(ids))
-        for first in range(0, len(unique), 500):
-            batch = unique[first : first + 500]
-            for chunk in self.store.get(collection, where={DOCUMENT_ID: {"$in": batch}}):
-                found.setdefault(str(chunk.metadata[DOCUMENT_ID]), []).append(chunk)
-        return found
-
-    @staticmethod
-    def _is_complete(stored: list[StoredChunk], content_hash: str) -> bool:
-        # A partially written document (a crash between writes) must not pass as unchanged.
-        if not stored:
-            return False
-        positions = sorted(int(c.metadata.get(POSITION, -1)) for c in stored)
-        return all(
-            c.metadata.get(CONTENT_HASH) == content_hash for c in stored
-        ) and positions == list(range(int(stored[0].metadata.get(CHUNK_COUNT, -1))))
-
-    def _write(
+    def _write_chunks(
         self,
         collection: str,
         documents: Sequence[DocumentInput],
         ids: Sequence[str],
         hashes: Sequence[str],
         indexes: Sequence[int],
-        existing: dict[str, list[StoredChunk]],
         progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[dict[int, int], list[StoredChunk]]:
+    ) -> tuple[dict[str, VersionRecord], list[StoredChunk]]:
+        """Store the documents' chunks under new versions, still invisible; return their records.
+
+        Nothing is visible until the records are committed: a failure or a kill before leaves
+        only chunks that no record names, which the start-up sweep removes.
+        """
         new_chunks: list[StoredChunk] = []
         texts: list[str] = []
-        chunk_counts: dict[int, int] = {}
+        records: dict[str, VersionRecord] = {}
         ingested_at = round(time.time(), 3)
         for i in indexes:
             doc = documents[i]
@@ -259,11 +277,22 @@ class KnowledgeBase:
                     f"Document {ids[i]!r} has no text to index.",
                     details=[{"field": f"documents.{i}.text", "message": "no text"}],
                 )
-            chunk_counts[i] = len(pieces)
+            version = new_version()
+            records[ids[i]] = VersionRecord(
+                collection=collection,
+                document_id=ids[i],
+                version=version,
+                seq=0,  # taken at commit
+                state="live",
+                content_hash=hashes[i],
+                chunk_count=len(pieces),
+                ingested_at=ingested_at,
+            )
             for position, (piece, origin) in enumerate(pieces):
                 metadata: Metadata = {
                     **doc.metadata,
                     DOCUMENT_ID: ids[i],
+                    VERSION: version,
                     POSITION: position,
                     CHUNK_COUNT: len(pieces),
                     CONTENT_HASH: hashes[i],
@@ -276,31 +305,87 @@ class KnowledgeBase:
                 if origin is not None and origin.section:
                     metadata["section"] = origin.section
                 new_chunks.append(
-                    StoredChunk(id=chunk_id(ids[i], position), text=piece.text, metadata=metadata)
+                    StoredChunk(
+                        id=versioned_chunk_id(ids[i], version, position),
+                        text=piece.text,
+                        metadata=metadata,
+                    )
                 )
                 texts.append(piece.text)
         # Embed everything before the first write: a failure here leaves the store untouched.
         vectors = self._encode(texts, progress)
+        # Stamped now, not at the start: the sweep leaves chunks this young alone.
+        written_at = round(time.time(), 3)
         new_chunks = [
-            StoredChunk(c.id, c.text, c.metadata, vectors[k]) for k, c in enumerate(new_chunks)
+            StoredChunk(c.id, c.text, {**c.metadata, WRITTEN_AT: written_at}, vectors[k])
+            for k, c in enumerate(new_chunks)
         ]
-        new_ids = {c.id for c in new_chunks}
-        replaced_docs = [ids[i] for i in indexes if existing.get(ids[i])]
-        previous = (
-            self.store.get(
-                collection, where={DOCUMENT_ID: {"$in": replaced_docs}}, with_content=True
-            )
-            if replaced_docs
-            else []
-        )
-        stale = [c.id for c in previous if c.id not in new_ids]
         try:
             self.store.upsert(collection, new_chunks)
-            self.store.delete(collection, stale)
         except Exception:
-            self._restore(collection, new_ids, previous)
+            self._discard_chunks(collection, [c.id for c in new_chunks])
             raise
-        return chunk_counts, new_chunks
+        return records, new_chunks
+
+    def _discard_chunks(self, collection: str, chunk_ids: list[str]) -> None:
+        try:
+            self.store.delete(collection, chunk_ids)
+        except Exception:
+            # Invisible without a record; the start-up sweep removes them.
+            log.warning("could not remove %d uncommitted chunks", len(chunk_ids), exc_info=True)
+
+    def _commit(
+        self, collection: str, records: dict[str, VersionRecord] | list[VersionRecord]
+    ) -> tuple[list[VersionRecord], list[VersionRecord]]:
+        """Make these versions current; return those kept and those a concurrent write beat.
+
+        Each record is taken above every record of its document seen, committed, then checked:
+        one that is no longer the highest lost to a write committed meanwhile.
+        """
+        pending = list(records.values()) if isinstance(records, dict) else list(records)
+        documents = [r.document_id for r in pending]
+        seen: dict[str, list[VersionRecord]] = {}
+        for record in self.store.get_versions(collection, documents):
+            seen.setdefault(record.document_id, []).append(record)
+        pending = [replace(r, seq=next_seq(seen.get(r.document_id, []))) for r in pending]
+        self.store.put_versions(pending)
+        after: dict[str, list[VersionRecord]] = {}
+        for record in self.store.get_versions(collection, documents):
+            after.setdefault(record.document_id, []).append(record)
+        won: list[VersionRecord] = []
+        lost: list[VersionRecord] = []
+        for record in pending:
+            mine = after.get(record.document_id, [])
+            best = current_versions(mine).get(record.document_id)
+            if best is not None and (best.version, best.seq) == (record.version, record.seq):
+                won.append(record)
+            else:
+                lost.append(record)
+        try:
+            # Lost versions can never become current again: no record is ever raised.
+            self._remove_versions(collection, lost)
+            self._remove_versions(
+                collection,
+                [
+                    old
+                    for record in won
+                    for old in after.get(record.document_id, [])
+                    if old.order < record.order
+                ],
+            )
+        except Exception:
+            log.warning("could not remove superseded versions; the sweep will", exc_info=True)
+        return won, lost
+
+    def _remove_versions(self, collection: str, records: Sequence[VersionRecord]) -> None:
+        """Delete non-current versions: their chunks first, then their records."""
+        chunk_ids = [
+            versioned_chunk_id(r.document_id, r.version, position)
+            for r in records
+            for position in range(r.chunk_count)
+        ]
+        self.store.delete(collection, chunk_ids)
+        self.store.delete_versions(records)
 
     def _encode(self, texts: list[str], progress: Callable[[int, int], None] | None) -> np.ndarray:
         if progress is None:
@@ -337,36 +422,50 @@ class KnowledgeBase:
                 pieces.append((shifted, label))
         return pieces
 
-    def _restore(self, collection: str, new_ids: set[str], previous: list[StoredChunk]) -> None:
-        """Undo a failed write: drop what it added and put the previous chunks back."""
-        previous_ids = {c.id for c in previous}
-        try:
-            self.store.delete(collection, sorted(new_ids - previous_ids))
-            self.store.upsert(collection, previous)
-            log.warning("write failed; restored %d previous chunks", len(previous))
-        except Exception:
-            # The store is unreachable; re-ingesting the same documents repairs them, because
-            # partial documents never count as unchanged.
-            log.exception("write failed and could not be undone; re-ingest these documents")
-
     # -- documents ----------------------------------------------------------------------------
+
+    def _current(self, collection: str, document_id: str) -> VersionRecord:
+        record = current_versions(self.store.get_versions(collection, [document_id])).get(
+            document_id
+        )
+        if record is None or not record.live:
+            raise DocumentNotFound(f"No document {document_id!r} in collection {collection!r}.")
+        return record
 
     def get_document(self, document_id: str, collection: str | None = None) -> dict[str, Any]:
         """Return a stored document's chunk count, content hash and metadata."""
         name = self.collection(collection)
         self.store.ensure_collection(name, create=name == self.default_collection)
-        chunks = self.store.get(name, where={DOCUMENT_ID: document_id}, with_content=True)
-        if not chunks:
+        # A write switching versions between the two reads removes the chunks read for: the
+        # second try reads the new version.
+        for _ in range(3):
+            record = self._current(name, document_id)
+            chunks = self.store.get_by_ids(
+                name, self._chunk_ids(record), with_content=True, with_text=True
+            )
+            if len(chunks) == record.chunk_count:
+                break
+        else:
             raise DocumentNotFound(f"No document {document_id!r} in collection {name!r}.")
         chunks.sort(key=lambda c: int(c.metadata[POSITION]))
         return {
             "id": document_id,
             "collection": name,
             "chunks": len(chunks),
-            "content_hash": chunks[0].metadata.get(CONTENT_HASH),
+            "content_hash": record.content_hash,
             "metadata": _user_metadata(chunks[0].metadata),
             "chunk_texts": [c.text for c in chunks],
         }
+
+    @staticmethod
+    def _chunk_ids(record: VersionRecord) -> list[str]:
+        return [
+            versioned_chunk_id(record.document_id, record.version, position)
+            for position in range(record.chunk_count)
+        ]
+
+    def _live_documents(self, collection: str) -> list[VersionRecord]:
+        return [r for r in current_versions(self.store.all_versions(collection)).values() if r.live]
 
     def list_documents(
         self, collection: str | None = None, *, limit: int = 50, offset: int = 0
@@ -374,29 +473,28 @@ class KnowledgeBase:
         """Return a page of the collection's documents, newest first, and how many there are."""
         name = self.collection(collection)
         self.store.ensure_collection(name, create=name == self.default_collection)
-        # A document's first chunk carries what the list shows; every document has one. All are
-        # read (metadata only) to order them: Chroma returns them in its own order.
-        everything = self.store.get(name, where={POSITION: 0})
-        everything.sort(
-            key=lambda c: (
-                -float(c.metadata.get(INGESTED_AT, 0) or 0),
-                str(c.metadata[DOCUMENT_ID]),
+        # The version records order the list; only the page's first chunks are read.
+        live = sorted(self._live_documents(name), key=lambda r: (-r.ingested_at, r.document_id))
+        total = len(live)
+        page = live[offset : offset + limit]
+        firsts = {
+            c.id: c
+            for c in self.store.get_by_ids(
+                name, [versioned_chunk_id(r.document_id, r.version, 0) for r in page]
             )
-        )
-        total = len(everything)
-        firsts = everything[offset : offset + limit]
+        }
         documents = []
-        for chunk in firsts:
-            metadata = chunk.metadata
-            ingested_at = metadata.get(INGESTED_AT)
+        for record in page:
+            first = firsts.get(versioned_chunk_id(record.document_id, record.version, 0))
+            metadata = first.metadata if first is not None else {}
             documents.append(
                 {
-                    "id": str(metadata.get(DOCUMENT_ID, "")),
+                    "id": record.document_id,
                     "title": metadata.get("title"),
                     "source": metadata.get("source"),
                     "type": metadata.get("type"),
-                    "chunks": int(metadata.get(CHUNK_COUNT, 0)),
-                    "ingested_at": _iso_time(ingested_at) if ingested_at is not None else None,
+                    "chunks": record.chunk_count,
+                    "ingested_at": _iso_time(record.ingested_at),
                     # The first chunk's page and section are not the document's.
                     "metadata": {
                         k: v
@@ -405,7 +503,7 @@ class KnowledgeBase:
                     },
                 }
             )
-        next_offset = offset + len(firsts)
+        next_offset = offset + len(page)
         return {
             "collection": name,
             "documents": documents,
@@ -416,16 +514,27 @@ class KnowledgeBase:
         }
 
     def delete_document(self, document_id: str, collection: str | None = None) -> int:
-        """Delete all chunks of a document; return how many there were."""
+        """Delete a document with a tombstone version; return how many chunks it had."""
         name = self.collection(collection)
         self.store.ensure_collection(name, create=name == self.default_collection)
         with self._write_lock:
-            chunks = self.store.get(name, where={DOCUMENT_ID: document_id})
-            if not chunks:
-                raise DocumentNotFound(f"No document {document_id!r} in collection {name!r}.")
-            self.store.delete(name, [c.id for c in chunks])
+            record = self._current(name, document_id)
+            tombstone = VersionRecord(
+                collection=name,
+                document_id=document_id,
+                version=new_version(),
+                seq=0,
+                state="deleted",
+                ingested_at=round(time.time(), 3),
+            )
+            won, _ = self._commit(name, [tombstone])
+            if not won:
+                raise WriteConflict(
+                    f"Document {document_id!r} was written by another request at the same time "
+                    "and kept; delete it again to remove that version."
+                )
             self.lexical.record_write(name, [document_id])
-        return len(chunks)
+        return record.chunk_count
 
     def delete_documents_of_source(
         self, source: str, keep: set[str], collection: str | None = None
@@ -437,7 +546,9 @@ class KnowledgeBase:
         """
         name = self.collection(collection)
         firsts = self.store.get(name, where={"$and": [{"source": source}, {POSITION: 0}]})
-        stale = sorted({str(c.metadata[DOCUMENT_ID]) for c in firsts} - keep)
+        # Chunks of superseded versions may linger until removed: only current ones count.
+        visible = self._visible(name, [c.id for c in firsts])
+        stale = sorted({str(c.metadata[DOCUMENT_ID]) for c in firsts if c.id in visible} - keep)
         for document_id in stale:
             try:
                 self.delete_document(document_id, collection)
@@ -449,8 +560,45 @@ class KnowledgeBase:
         """Drop a whole collection, for this retriever and every replica's lexical index."""
         self.store.ensure_collection(name, create=False)
         with self._write_lock:
+            # Records first: chunks left by a kill between the two are named by no record.
+            self.store.delete_versions(self.store.all_versions(name))
             self.store.delete_collection(name)
             self.lexical.record_write(name, [], kind="drop_collection")
+
+    def sweep(self, collection: str, *, orphan_grace_s: float) -> dict[str, int]:
+        """Remove what no reader can see: superseded versions, and chunks no record names.
+
+        Chunks without a record younger than ``orphan_grace_s`` may belong to a write about to
+        commit, on this replica or another, and are left alone.
+        """
+        records = self.store.all_versions(collection)
+        current = current_versions(records)
+        superseded = [r for r in records if current[r.document_id].record_id != r.record_id]
+        self._remove_versions(collection, superseded)
+        known = {(r.document_id, r.version) for r in current.values()}
+        cutoff = time.time() - orphan_grace_s
+        orphans: list[str] = []
+        for page in self.store.scan_metadata(collection):
+            for chunk in page:
+                key = parse_chunk_id(chunk.id)
+                if key is None or key in known:
+                    continue
+                written_at = chunk.metadata.get(WRITTEN_AT)
+                if written_at is None or float(written_at) < cutoff:
+                    orphans.append(chunk.id)
+        if orphans:
+            # Under the write lock, and checked again: a write of this process that committed
+            # during the scan is named by now, and none is between its chunks and its commit.
+            with self._write_lock:
+                named = self._named(collection, orphans)
+                orphans = [cid for cid in orphans if cid not in named]
+                self.store.delete(collection, orphans)
+        touched = {r.document_id for r in superseded} | {
+            key[0] for cid in orphans if (key := parse_chunk_id(cid)) is not None
+        }
+        if touched:
+            self.lexical.record_write(collection, sorted(touched))
+        return {"superseded_versions": len(superseded), "orphan_chunks": len(orphans)}
 
     # -- search -------------------------------------------------------------------------------
 
@@ -477,7 +625,7 @@ class KnowledgeBase:
         vector = self.embedder.encode([query])[0]
         embedded = time.perf_counter()
         if mode == "dense":
-            rows = self.store.query(name, vector, top_k, where)
+            rows = self._current_nearest(name, vector, top_k, where)
             queried = time.perf_counter()
             hits = []
             for row in sorted(rows, key=lambda r: r.distance):
@@ -509,6 +657,9 @@ class KnowledgeBase:
         # rows costs as much again). A dense candidate ranked past it counts as holding no term.
         scored = index.search(name, terms, lexical_pool * _LEXICAL_SCORED_FACTOR)
         proposed = [cid for cid, _ in scored[:lexical_pool]]
+        visible = self._visible(name, [*cosines, *proposed])
+        cosines = {cid: cosine for cid, cosine in cosines.items() if cid in visible}
+        proposed = [cid for cid in proposed if cid in visible]
         self._confirm_lexical(name, proposed, cosines, vector, where)
         lexical = {cid: s for cid, s in scored if cid in cosines}
         fused: dict[str, float] = {}
@@ -548,6 +699,44 @@ class KnowledgeBase:
             ],
             collection_chunks=total,
         )
+
+    def _visible(self, collection: str, chunk_ids: Sequence[str]) -> set[str]:
+        """Return the chunk ids that belong to their document's current version."""
+        parsed = {cid: key for cid in chunk_ids if (key := parse_chunk_id(cid)) is not None}
+        if not parsed:
+            return set()
+        current = current_versions(
+            self.store.get_versions(collection, sorted({doc for doc, _ in parsed.values()}))
+        )
+        return {
+            cid
+            for cid, (doc, version) in parsed.items()
+            if (record := current.get(doc)) is not None
+            and record.live
+            and record.version == version
+        }
+
+    def _named(self, collection: str, chunk_ids: Sequence[str]) -> set[str]:
+        """Return the chunk ids whose version has a record, current or not."""
+        parsed = {cid: key for cid in chunk_ids if (key := parse_chunk_id(cid)) is not None}
+        documents = sorted({doc for doc, _ in parsed.values()})
+        known = {(r.document_id, r.version) for r in self.store.get_versions(collection, documents)}
+        return {cid for cid, key in parsed.items() if key in known}
+
+    def _current_nearest(
+        self, collection: str, vector: np.ndarray, top_k: int, where: dict[str, Any] | None
+    ) -> list[ScoredChunk]:
+        """Return the ``top_k`` nearest chunks of current versions."""
+        fetch = top_k
+        while True:
+            rows = self.store.query(collection, vector, fetch, where)
+            visible = self._visible(collection, [r.id for r in rows])
+            current = [r for r in rows if r.id in visible]
+            # Superseded chunks linger only until their writer removes them: ask for more only
+            # while they crowd out current ones.
+            if len(current) >= top_k or len(rows) < fetch or fetch >= top_k * 16:
+                return current[:top_k]
+            fetch *= 2
 
     def _confirm_lexical(
         self,
@@ -637,8 +826,9 @@ class KnowledgeBase:
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         name = self.collection(collection)
         self.store.ensure_collection(name, create=name == self.default_collection)
-        chunks = self.store.count(name)
-        documents = len(self.store.get(name, where={POSITION: 0}))
+        live = self._live_documents(name)
+        documents = len(live)
+        chunks = sum(r.chunk_count for r in live)
         return {
             "collection": name,
             "documents": documents,

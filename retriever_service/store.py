@@ -22,7 +22,12 @@ from qa_common.errors import (
     ValidationFailed,
 )
 from retriever_service.dir_lock import lock_directory
-from retriever_service.errors import CollectionNotFound, EmbeddingModelMismatch
+from retriever_service.errors import (
+    CollectionNotFound,
+    EmbeddingModelMismatch,
+    MigrationRequired,
+)
+from retriever_service.versions import VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +110,25 @@ class VectorStore(Protocol):
     def read_write_records(
         self, offset: int = 0, limit: int | None = None
     ) -> list[tuple[str, Metadata]]: ...
+    def put_versions(self, records: Sequence[VersionRecord]) -> None: ...
+    def get_versions(self, collection: str, document_ids: Sequence[str]) -> list[VersionRecord]: ...
+    def all_versions(self, collection: str) -> list[VersionRecord]: ...
+    def delete_versions(self, records: Sequence[VersionRecord]) -> None: ...
 
 
 # One Chroma collection shared by every retriever on a store: a record per acknowledged write, so
 # that each replica can tell cheaply (by its count) whether its lexical index is behind.
 WRITE_LOG_COLLECTION = "retriever-write-log"
+# One Chroma collection shared by every retriever on a store: a record per committed document
+# version (see ``versions``); a document's current version is its highest record.
+VERSIONS_COLLECTION = "retriever-versions"
+_RESERVED_COLLECTIONS = (WRITE_LOG_COLLECTION, VERSIONS_COLLECTION)
+# Collections carry the layout their chunks follow; layout 2 keys chunks by document version.
+STORE_LAYOUT = 2
 # Pages of ids and metadata read when scanning a whole collection.
 SCAN_PAGE = 5000
+# Document ids per version-record read.
+_VERSION_BATCH = 500
 
 
 def _include(with_content: bool, with_text: bool, with_embedding: bool = False) -> list[str]:
@@ -148,6 +165,8 @@ class ChromaStore:
         self.description = f"chroma server {host}:{port}" if host else f"embedded chroma at {path}"
         self._client: Any = None
         self._collections: dict[str, Any] = {}
+        # Set by the migration only: open collections written before document versions existed.
+        self.accept_legacy_layout = False
         # Reentrant: a failed connect in _get_client calls _forget_connection under the lock.
         self._lock = threading.RLock()
 
@@ -227,7 +246,7 @@ class ChromaStore:
         client = self._get_client()
         with self._translate_errors():
             return sorted(
-                c.name for c in client.list_collections() if c.name != WRITE_LOG_COLLECTION
+                c.name for c in client.list_collections() if c.name not in _RESERVED_COLLECTIONS
             )
 
     def ensure_collection(self, name: str, *, create: bool) -> None:
@@ -235,9 +254,9 @@ class ChromaStore:
         self._collection(name, create=create)
 
     def _collection(self, name: str, *, create: bool = False) -> Any:
-        if name == WRITE_LOG_COLLECTION:
+        if name in _RESERVED_COLLECTIONS:
             raise ValidationFailed(
-                f"Collection name {name!r} is reserved for the retriever's write log.",
+                f"Collection name {name!r} is reserved for the retriever's own records.",
                 details=[{"field": "collection", "message": "reserved name"}],
             )
         cached = self._collections.get(name)
@@ -252,6 +271,7 @@ class ChromaStore:
                     metadata={
                         "embedding_model": self.spec.embedding_model,
                         "dimension": self.spec.dimension,
+                        "layout": STORE_LAYOUT,
                     },
                     embedding_function=None,
                 )
@@ -276,6 +296,24 @@ class ChromaStore:
             raise EmbeddingModelMismatch(
                 f"Collection {name!r} uses {space!r} distance; scores need cosine."
             )
+        if metadata.get("layout") != STORE_LAYOUT and not self.accept_legacy_layout:
+            raise MigrationRequired(
+                f"Collection {name!r} was written by an earlier retriever, before document "
+                "versions; run `python -m retriever_service.migrate` once, with this retriever's "
+                "settings, to re-key it (see README, Upgrading)."
+            )
+
+    def layout(self, name: str) -> int:
+        """Return the chunk layout a collection follows (1: written before document versions)."""
+        collection = self._collection(name)
+        return int((collection.metadata or {}).get("layout", 1))
+
+    def set_layout(self, name: str, layout: int) -> None:
+        """Record that every chunk of a collection follows ``layout``."""
+        collection = self._collection(name)
+        with self._translate_errors(name):
+            collection.modify(metadata={**(collection.metadata or {}), "layout": layout})
+        self._collections.pop(name, None)
 
     def forget_collection(self, name: str) -> None:
         """Drop the cached handle: another replica deleted (and may recreate) the collection."""
@@ -452,3 +490,102 @@ class ChromaStore:
             result = log_collection.get(include=["metadatas"], offset=offset, limit=limit)
         metadatas = result.get("metadatas") or [{}] * len(result["ids"])
         return [(i, dict(m or {})) for i, m in zip(result["ids"], metadatas, strict=True)]
+
+    # -- document versions --------------------------------------------------------------------
+
+    def _versions(self) -> Any:
+        cached = self._collections.get(VERSIONS_COLLECTION)
+        if cached is not None:
+            return cached
+        client = self._get_client()
+        with self._translate_errors(VERSIONS_COLLECTION):
+            versions = client.get_or_create_collection(
+                VERSIONS_COLLECTION,
+                metadata={"purpose": "one record per committed document version"},
+                embedding_function=None,
+            )
+        self._collections[VERSIONS_COLLECTION] = versions
+        return versions
+
+    def put_versions(self, records: Sequence[VersionRecord]) -> None:
+        """Commit version records; each one is a single-record write, applied whole."""
+        if not records:
+            return
+        versions = self._versions()
+        with self._translate_errors(VERSIONS_COLLECTION):
+            versions.upsert(
+                ids=[r.record_id for r in records],
+                embeddings=[[1.0]] * len(records),
+                metadatas=[
+                    {
+                        "collection": r.collection,
+                        "document_id": r.document_id,
+                        "version": r.version,
+                        "seq": r.seq,
+                        "state": r.state,
+                        "content_hash": r.content_hash,
+                        "chunk_count": r.chunk_count,
+                        "ingested_at": r.ingested_at,
+                    }
+                    for r in records
+                ],
+            )
+
+    def get_versions(self, collection: str, document_ids: Sequence[str]) -> list[VersionRecord]:
+        """Return the version records of these documents of a collection."""
+        versions = self._versions()
+        unique = list(dict.fromkeys(document_ids))
+        found: list[VersionRecord] = []
+        for first in range(0, len(unique), _VERSION_BATCH):
+            batch = unique[first : first + _VERSION_BATCH]
+            # Filtered on the document alone and the collection here: Chroma answers an $and
+            # of the two four times slower.
+            with self._translate_errors(VERSIONS_COLLECTION):
+                result = versions.get(where={"document_id": {"$in": batch}}, include=["metadatas"])
+            found.extend(r for r in self._records(result) if r.collection == collection)
+        return found
+
+    def all_versions(self, collection: str) -> list[VersionRecord]:
+        """Return every version record of a collection."""
+        versions = self._versions()
+        found: list[VersionRecord] = []
+        offset = 0
+        while True:
+            with self._translate_errors(VERSIONS_COLLECTION):
+                result = versions.get(
+                    where={"collection": collection},
+                    include=["metadatas"],
+                    limit=SCAN_PAGE,
+                    offset=offset,
+                )
+            page = self._records(result)
+            found.extend(page)
+            if len(result["ids"]) < SCAN_PAGE:
+                return found
+            offset += len(result["ids"])
+
+    def delete_versions(self, records: Sequence[VersionRecord]) -> None:
+        if not records:
+            return
+        versions = self._versions()
+        with self._translate_errors(VERSIONS_COLLECTION):
+            versions.delete(ids=[r.record_id for r in records])
+
+    @staticmethod
+    def _records(result: Any) -> list[VersionRecord]:
+        records = []
+        for metadata in result.get("metadatas") or []:
+            m = metadata or {}
+            records.append(
+                VersionRecord(
+                    collection=str(m.get("collection", "")),
+                    document_id=str(m.get("document_id", "")),
+                    version=str(m.get("version", "")),
+                    seq=int(m.get("seq", 0)),
+                    state="deleted" if m.get("state") == "deleted" else "live",
+                    content_hash=str(m.get("content_hash", "")),
+                    chunk_count=int(m.get("chunk_count", 0)),
+                    ingested_at=float(m.get("ingested_at", 0.0)),
+                )
+            )
+        return records

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -83,10 +84,21 @@ def main(argv: list[str] | None = None) -> int:
 
     state_dir = Path(os.environ.get("QA_STATE_DIR", REPO_ROOT / "var"))
     state_dir.mkdir(parents=True, exist_ok=True)
+    chroma_path = os.environ.get("CHROMA_PATH", str(state_dir / "chroma"))
+    if (Path(chroma_path) / "chroma.sqlite3").exists():
+        # A store an earlier version wrote is re-keyed once; on a current one this only checks.
+        say("checking the document store's layout")
+        upgraded = subprocess.run(
+            [sys.executable, "-m", "retriever_service.migrate"],
+            env={**os.environ, "CHROMA_PATH": chroma_path},
+            check=False,
+        )
+        if upgraded.returncode != 0:
+            say("some stored documents must be ingested again; see above")
     retriever = ServiceProcess(
         "retriever_service",
         port=args.retriever_port,
-        env={"CHROMA_PATH": os.environ.get("CHROMA_PATH", str(state_dir / "chroma"))},
+        env={"CHROMA_PATH": chroma_path},
         on_output=_prefixed("retriever"),
     )
     generator = ServiceProcess(

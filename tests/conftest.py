@@ -111,6 +111,9 @@ def make_config(tmp_path: Path) -> Callable[..., Any]:
 
     def build(**overrides: Any) -> RetrieverConfig:
         overrides.setdefault("chroma_path", str(tmp_path / "chroma"))
+        # A background sweep would race the test's own look at the store; tests of the sweep
+        # call it, and the real-process fault tests run it as shipped.
+        overrides.setdefault("startup_sweep", False)
         return RetrieverConfig(**overrides)
 
     return build

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from retriever_service.chunking import Chunk, Chunker, chunk_id
+from retriever_service.chunking import Chunk, Chunker
 
 _WORDS = (
     "the thermostat sensor schedule humidity furnace compressor warranty subscription "
@@ -232,13 +232,6 @@ def test_empty_or_whitespace_text_has_no_chunks(chunker: Chunker, text: str) -> 
 def test_split_is_deterministic(chunker: Chunker) -> None:
     text = long_document(seed=21, paragraphs=10)
     assert chunker.split(text) == chunker.split(text)
-
-
-def test_chunk_ids_derive_from_document_id_and_position() -> None:
-    assert chunk_id("faq-001", 0) == "faq-001:0"
-    assert chunk_id("guides/setup.md", 3) == "guides/setup.md:3"
-    assert chunk_id("a", 1) != chunk_id("a", 2)
-    assert chunk_id("a:1", 0) != chunk_id("a", 10)
 
 
 def test_signature_changes_with_settings(embedder: Any) -> None:

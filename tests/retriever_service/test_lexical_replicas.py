@@ -133,7 +133,8 @@ def test_a_write_that_was_never_logged_is_reconciled(replicas: tuple[Any, Any]) 
     kb = a.application.extensions["knowledge_base"]
     unlogged = DocumentInput(text="Unlogged write with code UL-7.", id="unlogged")
     hashes = [kb.content_hash(unlogged)]
-    kb._write("documents", [unlogged], ["unlogged"], hashes, [0], {})
+    records, _ = kb._write_chunks("documents", [unlogged], ["unlogged"], hashes, [0])
+    kb._commit("documents", records)
     deadline = time.monotonic() + 30
     while found(b, "UL-7") != ["unlogged"]:
         assert time.monotonic() < deadline, "the background reconciliation never found it"

@@ -18,7 +18,6 @@ from gateway.answering import Answerer, Turn
 from gateway.clients import GeneratorClient, RetrieverClient, retriever_client
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import AdminRoutesDisabled
-from gateway.openapi import Operation, build_openapi
 from gateway.schemas import (
     AskRequest,
     AskResponse,
@@ -29,8 +28,8 @@ from gateway.schemas import (
     DeleteResponse,
     DocumentList,
     DocumentsRequest,
-    DocumentsResponse,
     Health,
+    IngestResponse,
     ModelList,
     UploadResponse,
 )
@@ -42,6 +41,7 @@ from qa_common.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from qa_common.openapi import Operation, build_openapi
 from qa_common.request_context import get_request_id, set_request_id
 from qa_common.retriever_client import document_path
 from qa_common.web import create_service_app, parse_body, sse_event, sse_response
@@ -65,6 +65,12 @@ _COLLECTION_PARAM = {
     "required": False,
     "schema": {"type": "string"},
 }
+# One server-sent event as clients parse it: its name and its JSON data line.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}
 OPERATIONS = [
     Operation(
         "post",
@@ -73,7 +79,7 @@ OPERATIONS = [
         "answers",
         request=AskRequest,
         response=AskResponse,
-        errors=(400, 401, 403, 413, 415, 422, 429, 502, 503, 504),
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
         auth=True,
         extra_responses={
             "200": {
@@ -81,7 +87,7 @@ OPERATIONS = [
                 "`token`… and a final `done` carrying the same object as the JSON answer.",
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/AskResponse"}},
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": _SSE_EVENT},
                 },
             }
         },
@@ -93,7 +99,7 @@ OPERATIONS = [
         "answers",
         request=ContextRequest,
         response=ContextResponse,
-        errors=(400, 401, 403, 413, 415, 422, 429, 502, 503, 504),
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
         auth=True,
     ),
     Operation(
@@ -112,7 +118,7 @@ OPERATIONS = [
         "answers",
         request=ChatCompletionRequest,
         response=ChatCompletionResponse,
-        errors=(400, 401, 403, 413, 415, 422, 429, 502, 503, 504),
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
         auth=True,
         extra_responses={
             "200": {
@@ -124,7 +130,7 @@ OPERATIONS = [
                     "application/json": {
                         "schema": {"$ref": "#/components/schemas/ChatCompletionResponse"}
                     },
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": _SSE_EVENT},
                 },
             }
         },
@@ -135,8 +141,8 @@ OPERATIONS = [
         "Add or replace documents (admin key)",
         "documents",
         request=DocumentsRequest,
-        response=DocumentsResponse,
-        errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
+        response=IngestResponse,
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
         auth=True,
     ),
     Operation(
@@ -145,7 +151,7 @@ OPERATIONS = [
         "List the documents of a collection, a page at a time (admin key)",
         "documents",
         response=DocumentList,
-        errors=(401, 403, 404, 422, 429, 502, 503, 504),
+        errors=(401, 403, 404, 409, 422, 429, 502, 503, 504),
         auth=True,
         parameters=[
             _COLLECTION_PARAM,
@@ -169,7 +175,7 @@ OPERATIONS = [
         "Upload files (PDF, Word, HTML, text, Markdown, CSV, JSON, JSONL) to ingest (admin key)",
         "documents",
         response=UploadResponse,
-        errors=(401, 403, 404, 413, 422, 429, 502, 503, 504),
+        errors=(401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
         auth=True,
         extra_responses={
             "200": {
@@ -210,7 +216,7 @@ OPERATIONS = [
         "Delete a document (admin key)",
         "documents",
         response=DeleteResponse,
-        errors=(401, 403, 404, 502, 503, 504),
+        errors=(401, 403, 404, 409, 422, 429, 502, 503, 504),
         auth=True,
         parameters=[
             {"name": "document_id", "in": "path", "required": True, "schema": {"type": "string"}},

@@ -23,6 +23,7 @@ from qa_common.web import (
     parse_query,
     validate,
 )
+from retriever_service.api_spec import openapi_document
 from retriever_service.chunking import Chunker
 from retriever_service.config import RetrieverConfig, load_config
 from retriever_service.embedder import Embedder, load_embedder
@@ -412,6 +413,12 @@ def create_app(
     @app.get("/v1/collections")
     def list_collections() -> Any:
         return jsonify(collections=knowledge_base().store.list_collections())
+
+    openapi = openapi_document()
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Any:
+        return jsonify(openapi)
 
     @app.delete("/v1/collections/<name>")
     def delete_collection(name: str) -> Any:

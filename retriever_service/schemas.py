@@ -1,10 +1,17 @@
-"""Request bodies of the retriever API; validation errors name the field (422)."""
+"""Request and response bodies of the retriever API; validation errors name the field (422)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from qa_common.validation import CollectionName, MetadataValue, StrictModel, not_blank
 
@@ -120,3 +127,82 @@ class UploadForm(StrictModel):
     model_config = ConfigDict(extra="ignore", strict=False)
 
     collection: CollectionName | None = None
+
+
+# -- responses (the gateway passes the document ones on: see qa_common.api_models) -------------
+
+
+class SearchHitOut(BaseModel):
+    chunk_id: str
+    document_id: str
+    text: str
+    score: float = Field(description="cosine similarity to the query")
+    lexical_score: float | None
+    fused_score: float | None
+    metadata: dict[str, Any]
+    position: int
+    start: int | None
+    end: int | None
+
+
+class QueryTermOut(BaseModel):
+    term: str
+    document_frequency: int
+    idf: float
+    in_results: bool
+    result_ranks: list[int]
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHitOut]
+    mode: Literal["dense", "lexical", "hybrid"]
+    fusion: Literal["rrf", "weighted"] | None
+    dense_weight: float | None
+    query_terms: list[QueryTermOut] | None
+    collection_chunks: int | None
+    took_ms: float
+    embed_ms: float
+    query_ms: float
+    lexical_sync_ms: float
+    lexical_ms: float
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    dimension: int
+    model: str
+
+
+class DocumentDetail(BaseModel):
+    """A stored document's current version: its chunks' texts, in order."""
+
+    id: str
+    collection: str
+    chunks: int
+    content_hash: str
+    metadata: dict[str, Any]
+    chunk_texts: list[str]
+
+
+class StatsResponse(BaseModel):
+    collection: str
+    documents: int
+    chunks: int
+    model: str
+    dimension: int
+    dtype: str
+    max_chunk_tokens: int
+    chunk_overlap_tokens: int
+    store: str
+    lexical_index: str
+    search_mode: str
+    hybrid_fusion: str
+    hybrid_dense_weight: float
+
+
+class CollectionList(BaseModel):
+    collections: list[str]
+
+
+class CollectionDeleted(BaseModel):
+    deleted: str

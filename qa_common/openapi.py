@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.schemas import ErrorEnvelope
+from qa_common.api_models import ErrorEnvelope
 
 _REF = "#/components/schemas/{model}"
 
@@ -39,6 +39,7 @@ _STATUS_TEXT = {
     404: "Unknown id, or route disabled",
     413: "Body too large",
     415: "Body is not JSON",
+    409: "Conflict: a concurrent write of the same document won, or another embedding model",
     422: "Invalid field (the details name it)",
     429: "Too many requests in flight (see Retry-After)",
     502: "A downstream service failed",

@@ -36,6 +36,7 @@ STEPS = (
     ("Chroma query", "store", "query"),
     ("consistency check (`ensure_fresh`)", "lexical", "ensure_fresh"),
     ("FTS5 BM25 read (`LexicalIndex.search`)", "index", "search"),
+    ("current-version check (`get_versions`)", "store", "get_versions"),
     ("lexical candidates read back (`get_by_ids`)", "store", "get_by_ids"),
     ("per-term rarity (`term_stats`)", "index", "term_stats"),
 )
@@ -115,7 +116,7 @@ def render(figures: dict[str, Any]) -> str:
     hybrid_p50 = _p50(hybrid["search"])
     floor_p50 = _p50(hybrid["floor"])
     lexical_floor = [
-        sum(hybrid[label][k] for label in (STEPS[2][0], STEPS[3][0], STEPS[4][0]))
+        sum(hybrid[label][k] for label in (STEPS[2][0], STEPS[3][0], STEPS[5][0]))
         for k in range(len(hybrid["search"]))
     ]
     lines += [

@@ -292,8 +292,6 @@ def check_readiness(check: Callable[[], T]) -> T:
     """Run a readiness check; any failure is a 503 ``not_ready`` that says why."""
     try:
         return check()
-    except NotReady:
-        raise  # already says why, with its own code (such as ``migration_required``)
     except ServiceError as exc:
         raise NotReady(f"Not ready: {exc.message}") from exc
     except Exception as exc:

@@ -78,9 +78,10 @@ def test_a_legacy_store_is_refused_then_migrated_by_one_command(
     write_legacy_store(config.chroma_path, embedder)
     store = open_store(config.chroma_path, embedder)
     client = create_app(config, embedder=embedder, store=store).test_client()
-    error = assert_error_envelope(client.get("/readyz"), 503, "migration_required")
+    error = assert_error_envelope(client.get("/readyz"), 503, "not_ready")
     assert "python -m retriever_service.migrate" in error["message"]
-    assert_error_envelope(client.post("/v1/search", json={"query": "wifi"}), 503)
+    error = assert_error_envelope(client.post("/v1/search", json={"query": "wifi"}), 503)
+    assert error["code"] == "migration_required"
 
     assert migrate.migrate_store(open_store(config.chroma_path, embedder)) == 1
     printed = capsys.readouterr().out

@@ -94,6 +94,7 @@ def build_knowledge_base(
             dense_weight=config.hybrid_dense_weight,
             candidates=config.hybrid_candidates,
         ),
+        orphan_grace_s=config.orphan_grace_s,
     )
 
 
@@ -107,27 +108,37 @@ def _warm_lexical_index(kb: KnowledgeBase) -> None:
         )
 
 
-def _sweep_store(kb: KnowledgeBase, orphan_grace_s: float) -> None:
+def _sweep_store(kb: KnowledgeBase) -> None:
     """Remove what killed or beaten writes left in every collection; readers never see it."""
     try:
         collections = kb.store.list_collections()
     except Exception:
-        log.warning("could not list collections to sweep at start", exc_info=True)
+        log.warning("could not list collections to sweep", exc_info=True)
         return
     for name in collections:
         try:
-            removed = kb.sweep(name, orphan_grace_s=orphan_grace_s)
+            removed = kb.sweep(name)
         except Exception:
-            log.warning("could not sweep collection %s at start", name, exc_info=True)
+            log.warning("could not sweep collection %s", name, exc_info=True)
             continue
         if any(removed.values()):
             log.info(
-                "swept %s: %d superseded versions, %d orphan chunks removed",
+                "swept %s: %d superseded versions, %d orphan chunks, %d records without chunks",
                 name,
                 removed["superseded_versions"],
                 removed["orphan_chunks"],
+                removed["records_without_chunks"],
             )
-    log.info("start-up sweep done (%d collections)", len(collections))
+    log.info("sweep done (%d collections)", len(collections))
+
+
+def _sweep_forever(kb: KnowledgeBase, interval_s: float) -> None:
+    """Sweep at start, then every ``interval_s`` (0: only at start)."""
+    while True:
+        _sweep_store(kb)
+        if interval_s <= 0:
+            return
+        time.sleep(interval_s)
 
 
 NDJSON = "application/x-ndjson"
@@ -234,9 +245,9 @@ def create_app(
 
     if kb is not None and config.startup_sweep:
         threading.Thread(
-            target=_sweep_store,
-            args=(kb, config.orphan_grace_s),
-            name="start-up-sweep",
+            target=_sweep_forever,
+            args=(kb, config.sweep_interval_s),
+            name="version-sweep",
             daemon=True,
         ).start()
 

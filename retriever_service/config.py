@@ -54,6 +54,9 @@ class RetrieverConfig(ServiceSettings):
     startup_sweep: bool = Field(
         True, description="Remove superseded versions and orphan chunks in the background at start."
     )
+    sweep_interval_s: float = Field(
+        3600.0, ge=0.0, description="How often the sweep runs again after start; 0: only at start."
+    )
     orphan_grace_s: float = Field(
         600.0,
         ge=0.0,

@@ -113,7 +113,9 @@ def ingest_file(
         )
         kb.delete_documents_of_source(name, {d.id for d in documents}, collection)
     except ServiceError as exc:
-        # A failed file stores nothing (the write is atomic); the other files go on.
+        # A refused file stores nothing; after a write conflict (another request wrote the same
+        # documents at once) those of its records that won are stored, and the upload can be
+        # sent again. The other files go on either way.
         if exc.status >= 500 or exc.status == 404:
             raise
         result.error = {"code": exc.code, "message": exc.message}

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from qa_common.errors import DownstreamError, NotFound, ServiceError, ValidationFailed
+from qa_common.errors import Conflict, DownstreamError, NotFound, ServiceError, ValidationFailed
 from retriever_service.folder_sync import (
     SOURCE_ROOT,
     FolderWatcher,
@@ -144,12 +144,13 @@ def run_ingest(
         for batch in _batches(documents, batch_size):
             try:
                 _record(summary, send([d.as_payload() for d in batch]))
-            except (DownstreamError, ValidationFailed):
-                # One bad document rejects its whole batch (it is atomic): find it, keep the rest.
+            except (DownstreamError, ValidationFailed, Conflict):
+                # One bad document rejects its whole batch: find it, keep the rest. (After a
+                # write conflict, the documents that were stored come back "unchanged".)
                 for doc in batch:
                     try:
                         _record(summary, send([doc.as_payload()]))
-                    except (DownstreamError, ValidationFailed) as exc:
+                    except (DownstreamError, ValidationFailed, Conflict) as exc:
                         summary.problems.append(LoadProblem(doc.id, exc.message))
             bar.update(len(batch))
     summary.seconds = time.perf_counter() - started

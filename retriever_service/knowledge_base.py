@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qa_common.errors import ValidationFailed
+from qa_common.errors import BadGateway, DependencyTimeout, ValidationFailed
 from retriever_service.chunk_keys import (
     CHUNK_COUNT,
     CONTENT_HASH,
@@ -153,6 +153,7 @@ class KnowledgeBase:
         default_collection: str,
         lexical: LexicalSync,
         search_settings: SearchSettings | None = None,
+        orphan_grace_s: float = 600.0,
     ) -> None:
         self.embedder = embedder
         self.store = store
@@ -160,6 +161,8 @@ class KnowledgeBase:
         self.default_collection = default_collection
         self.lexical = lexical
         self.search_settings = search_settings or SearchSettings()
+        # Chunks no record names are swept once this old; a write must commit well before.
+        self.orphan_grace_s = orphan_grace_s
         # Writes in one process are serialized so that a document's check-then-replace is atomic.
         self._write_lock = threading.Lock()
 
@@ -221,6 +224,17 @@ class KnowledgeBase:
             if not to_write:
                 return [o for o in outcomes if o is not None]
             records, chunks = self._write_chunks(name, documents, ids, hashes, to_write, progress)
+            written_at = float(chunks[0].metadata[WRITTEN_AT])
+            if time.time() - written_at > self.orphan_grace_s / 2:
+                # Another replica's sweep may already count these chunks as a dead writer's:
+                # committing now could make a version current with chunks missing.
+                self._discard_chunks(name, [c.id for c in chunks])
+                raise DependencyTimeout(
+                    "The vector store took too long to store these documents "
+                    f"(over {self.orphan_grace_s / 2:.0f} s); nothing was changed. Send them "
+                    "again, in smaller requests.",
+                    dependency="chroma",
+                )
             won, lost = self._commit(name, records)
             won_ids = {r.document_id for r in won}
             for i in to_write:
@@ -437,16 +451,23 @@ class KnowledgeBase:
         name = self.collection(collection)
         self.store.ensure_collection(name, create=name == self.default_collection)
         # A write switching versions between the two reads removes the chunks read for: the
-        # second try reads the new version.
-        for _ in range(3):
+        # next try reads the new version.
+        previous: VersionRecord | None = None
+        while True:
             record = self._current(name, document_id)
             chunks = self.store.get_by_ids(
                 name, self._chunk_ids(record), with_content=True, with_text=True
             )
             if len(chunks) == record.chunk_count:
                 break
-        else:
-            raise DocumentNotFound(f"No document {document_id!r} in collection {name!r}.")
+            if previous is not None and previous.record_id == record.record_id:
+                # The same current version twice, chunks missing both times: not a race.
+                raise BadGateway(
+                    f"Document {document_id!r} is missing {record.chunk_count - len(chunks)} "
+                    "of its chunks in the vector store; ingest it again.",
+                    dependency="chroma",
+                )
+            previous = record
         chunks.sort(key=lambda c: int(c.metadata[POSITION]))
         return {
             "id": document_id,
@@ -565,18 +586,24 @@ class KnowledgeBase:
             self.store.delete_collection(name)
             self.lexical.record_write(name, [], kind="drop_collection")
 
-    def sweep(self, collection: str, *, orphan_grace_s: float) -> dict[str, int]:
+    def sweep(self, collection: str, *, orphan_grace_s: float | None = None) -> dict[str, int]:
         """Remove what no reader can see: superseded versions, and chunks no record names.
 
         Chunks without a record younger than ``orphan_grace_s`` may belong to a write about to
-        commit, on this replica or another, and are left alone.
+        commit, on this replica or another, and are left alone. A current record whose first
+        chunk is gone (its collection was dropped under a write in flight) is removed too.
         """
+        grace = self.orphan_grace_s if orphan_grace_s is None else orphan_grace_s
+        cutoff = time.time() - grace
         records = self.store.all_versions(collection)
         current = current_versions(records)
         superseded = [r for r in records if current[r.document_id].record_id != r.record_id]
         self._remove_versions(collection, superseded)
+        ghosts = self._ghosts(collection, list(current.values()), cutoff)
+        self.store.delete_versions(ghosts)
+        for ghost in ghosts:
+            current.pop(ghost.document_id, None)
         known = {(r.document_id, r.version) for r in current.values()}
-        cutoff = time.time() - orphan_grace_s
         orphans: list[str] = []
         for page in self.store.scan_metadata(collection):
             for chunk in page:
@@ -593,12 +620,35 @@ class KnowledgeBase:
                 named = self._named(collection, orphans)
                 orphans = [cid for cid in orphans if cid not in named]
                 self.store.delete(collection, orphans)
-        touched = {r.document_id for r in superseded} | {
+        touched = {r.document_id for r in [*superseded, *ghosts]} | {
             key[0] for cid in orphans if (key := parse_chunk_id(cid)) is not None
         }
         if touched:
             self.lexical.record_write(collection, sorted(touched))
-        return {"superseded_versions": len(superseded), "orphan_chunks": len(orphans)}
+        return {
+            "superseded_versions": len(superseded),
+            "orphan_chunks": len(orphans),
+            "records_without_chunks": len(ghosts),
+        }
+
+    def _ghosts(
+        self, collection: str, current: list[VersionRecord], cutoff: float
+    ) -> list[VersionRecord]:
+        """Return the old current live records whose first chunk the store does not hold."""
+        candidates = [r for r in current if r.live and r.ingested_at < cutoff]
+        ghosts: list[VersionRecord] = []
+        for first in range(0, len(candidates), 500):
+            batch = candidates[first : first + 500]
+            held = {
+                c.id
+                for c in self.store.get_by_ids(
+                    collection, [versioned_chunk_id(r.document_id, r.version, 0) for r in batch]
+                )
+            }
+            ghosts += [
+                r for r in batch if versioned_chunk_id(r.document_id, r.version, 0) not in held
+            ]
+        return ghosts
 
     # -- search -------------------------------------------------------------------------------
 

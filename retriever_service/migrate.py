@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from qa_common.errors import ServiceError
 from qa_common.logging_setup import configure_logging
 from retriever_service.chunk_keys import (
     CHUNK_COUNT,
@@ -38,7 +39,6 @@ from retriever_service.versions import (
     VersionRecord,
     derived_version,
     next_seq,
-    parse_chunk_id,
     versioned_chunk_id,
 )
 
@@ -66,7 +66,9 @@ def migrate_collection(store: ChromaStore, name: str) -> MigrationReport:
     for page in store.scan_metadata(name):
         for chunk in page:
             document_id = chunk.metadata.get(DOCUMENT_ID)
-            if parse_chunk_id(chunk.id) is None and document_id is not None:
+            # A copy made by an earlier run carries its version; an old id never does, even one
+            # that happens to look versioned.
+            if VERSION not in chunk.metadata and document_id is not None:
                 legacy.setdefault(str(document_id), []).append(chunk.id)
     documents = sorted(legacy)
     for first in range(0, len(documents), _DOCUMENTS_PER_STEP):
@@ -91,17 +93,16 @@ def _migrate_documents(
     copies: list[StoredChunk] = []
     records: list[VersionRecord] = []
     seen: dict[str, list[VersionRecord]] = {}
-    for record in store.get_versions(name, list(by_document)):
+    for record in store.get_versions(name, sorted(by_document)):
         seen.setdefault(record.document_id, []).append(record)
     written_at = round(time.time(), 3)
-    for document_id, stored in sorted(by_document.items()):
-        stored.sort(key=lambda c: int(c.metadata.get(POSITION, -1)))
-        hashes = {c.metadata.get(CONTENT_HASH) for c in stored}
-        positions = [int(c.metadata.get(POSITION, -1)) for c in stored]
-        if len(hashes) != 1 or positions != list(
-            range(int(stored[0].metadata.get(CHUNK_COUNT, -1)))
-        ):
+    keep_legacy: set[str] = set()
+    for document_id, chunks in sorted(by_document.items()):
+        stored = _complete_set(chunks)
+        if stored is None:
+            # Left as it is (invisible once migrated) and reported by every run until then.
             report.incomplete.append(document_id)
+            keep_legacy.update(c.id for c in chunks)
             continue
         content_hash = str(stored[0].metadata[CONTENT_HASH])
         version = derived_version(name, document_id, content_hash)
@@ -130,9 +131,27 @@ def _migrate_documents(
     # leaves each document readable once the re-run is done, and never twice.
     store.upsert(name, copies)
     store.put_versions(records)
-    store.delete(name, [cid for ids in legacy.values() for cid in ids])
+    store.delete(name, [cid for ids in legacy.values() for cid in ids if cid not in keep_legacy])
     report.documents += len(records)
     report.chunks += len(copies)
+
+
+def _complete_set(chunks: list[StoredChunk]) -> list[StoredChunk] | None:
+    """Return the chunks of the one whole version among a document's, in order, or None.
+
+    A crash of the old code while a document shrank leaves the new version whole beside the old
+    one's tail: the set whose content hash and chunk count agree on every position is kept.
+    """
+    by_hash: dict[object, list[StoredChunk]] = {}
+    for chunk in chunks:
+        by_hash.setdefault(chunk.metadata.get(CONTENT_HASH), []).append(chunk)
+    for group in by_hash.values():
+        group.sort(key=lambda c: int(c.metadata.get(POSITION, -1)))
+        counts = {int(c.metadata.get(CHUNK_COUNT, -1)) for c in group}
+        positions = [int(c.metadata.get(POSITION, -1)) for c in group]
+        if len(counts) == 1 and positions == list(range(counts.pop())):
+            return group
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +184,13 @@ def migrate_store(store: ChromaStore, collections: Sequence[str] | None = None) 
     names = collections or store.list_collections()
     failed = False
     for name in names:
-        report = migrate_collection(store, name)
+        try:
+            report = migrate_collection(store, name)
+        except ServiceError as exc:
+            # One collection that cannot be read must not stop the others.
+            failed = True
+            print(f"{name}: not migrated: {exc.message}")
+            continue
         if report.already_migrated:
             print(f"{name}: already migrated")
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -129,6 +130,8 @@ STORE_LAYOUT = 2
 SCAN_PAGE = 5000
 # Document ids per version-record read.
 _VERSION_BATCH = 500
+# Tries of a read that meets a Chroma server's transient segment error (see ``_read``).
+_TRANSIENT_READ_TRIES = 4
 
 
 def _include(with_content: bool, with_text: bool, with_embedding: bool = False) -> list[str]:
@@ -233,6 +236,27 @@ class ChromaStore:
             raise
         except chroma_errors.ChromaError as exc:
             raise BadGateway(f"The vector store failed: {exc}", dependency="chroma") from exc
+
+    @staticmethod
+    def _read(call: Any) -> Any:
+        """Run a read; retry the transient error of a Chroma 1.5 server loading a new segment.
+
+        Under concurrent writes, a query can find a collection's HNSW segment not yet on disk
+        ("Error creating hnsw segment reader: Nothing found on disk", chroma-core/chroma#4212);
+        it answers a moment later. Reads only: they change nothing, so trying again is safe.
+        """
+        import chromadb.errors as chroma_errors
+
+        for attempt in range(_TRANSIENT_READ_TRIES):
+            try:
+                return call()
+            except chroma_errors.ChromaError as exc:
+                transient = "hnsw segment reader" in str(exc)
+                if not transient or attempt == _TRANSIENT_READ_TRIES - 1:
+                    raise
+                log.info("transient Chroma read error, trying again: %s", exc)
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
 
     # -- collections --------------------------------------------------------------------------
 
@@ -341,7 +365,9 @@ class ChromaStore:
         col = self._collection(collection)
         include = _include(with_content, with_text)
         with self._translate_errors(collection):
-            result = col.get(where=where, include=include, limit=limit, offset=offset or None)
+            result = self._read(
+                lambda: col.get(where=where, include=include, limit=limit, offset=offset or None)
+            )
         return self._chunks(result, include)
 
     def upsert(self, collection: str, chunks: Sequence[StoredChunk]) -> None:
@@ -380,11 +406,13 @@ class ChromaStore:
         col = self._collection(collection)
         include = ["documents", "metadatas", "distances"] if with_content else ["distances"]
         with self._translate_errors(collection):
-            result = col.query(
-                query_embeddings=[np.asarray(embedding, dtype=np.float32)],
-                n_results=top_k,
-                where=where or None,
-                include=include,
+            result = self._read(
+                lambda: col.query(
+                    query_embeddings=[np.asarray(embedding, dtype=np.float32)],
+                    n_results=top_k,
+                    where=where or None,
+                    include=include,
+                )
             )
         ids = result["ids"][0]
         return [
@@ -418,7 +446,9 @@ class ChromaStore:
         col = self._collection(collection)
         include = _include(with_content, with_text, with_embedding)
         with self._translate_errors(collection):
-            result = col.get(ids=list(ids), where=where or None, include=include)
+            result = self._read(
+                lambda: col.get(ids=list(ids), where=where or None, include=include)
+            )
         return self._chunks(result, include)
 
     def scan_metadata(self, collection: str) -> Iterator[list[StoredChunk]]:

@@ -7,7 +7,6 @@ reader sees is checked against the real chunker: every document is exactly one v
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
 import threading
@@ -73,7 +72,10 @@ def single_tag(texts: list[str]) -> str:
 
 
 def searched_tags(url: str, query: str) -> dict[str, set[str]]:
-    """Each document's tags among the chunks a hybrid and a dense search return."""
+    """Each document's tags among the chunks a hybrid and a dense search return.
+
+    Within one answer a document has one tag; across the two searches, a write may fall between.
+    """
     seen: dict[str, set[str]] = {}
     for mode in ("hybrid", "dense"):
         response = requests.post(
@@ -83,8 +85,12 @@ def searched_tags(url: str, query: str) -> dict[str, set[str]]:
             timeout=60,
         )
         assert response.status_code == 200, response.text
+        answer: dict[str, set[str]] = {}
         for hit in response.json()["results"]:
-            seen.setdefault(hit["document_id"], set()).update(TAG.findall(hit["text"]))
+            answer.setdefault(hit["document_id"], set()).update(TAG.findall(hit["text"]))
+        for document_id, tags in answer.items():
+            assert len(tags) == 1, f"{mode} search mixed versions of {document_id}: {tags}"
+            seen.setdefault(document_id, set()).update(tags)
     return seen
 
 
@@ -104,8 +110,11 @@ def test_sigkill_at_random_points_of_a_long_ingest_never_leaves_a_mixed_document
     }
     chunk_counts = {key: expected_chunks(embedder, text) for key, text in texts.items()}
     rng = random.Random(12)  # noqa: S311 - a reproducible schedule, not a secret
-    # No grace: one replica, whose sweep holds its write lock, so nothing is in flight.
-    env = {"CHROMA_PATH": str(chroma_path), "ORPHAN_GRACE_S": "0", "LOG_LEVEL": "INFO"}
+    # A short grace, so that the test can wait it out: writes must commit within half of it.
+    grace_s = 10.0
+    env = {"CHROMA_PATH": str(chroma_path), "ORPHAN_GRACE_S": str(grace_s), "LOG_LEVEL": "INFO"}
+
+    acknowledged = threading.Event()
 
     def ingest_round(url: str, round_: int) -> None:
         for first in range(0, len(documents), 3):
@@ -114,6 +123,7 @@ def test_sigkill_at_random_points_of_a_long_ingest_never_leaves_a_mixed_document
                 f"{url}/v1/documents", json={"documents": batch}, headers=HEADERS, timeout=120
             )
             assert response.status_code == 200, response.text
+            acknowledged.set()
 
     def check_whole(url: str, rounds_started: int) -> dict[str, int]:
         """Every document is one whole version of some round; return each one's round."""
@@ -139,20 +149,23 @@ def test_sigkill_at_random_points_of_a_long_ingest_never_leaves_a_mixed_document
         retriever = retriever_process(tmp_path, f"round-{round_}", env)
         with retriever:
             retriever.wait_ready(timeout_s=180)
-            _wait_for_log(retriever, "start-up sweep done")
+            _wait_for_log(retriever, "sweep done")
             states.append(check_whole(retriever.url, round_))
             sender = threading.Thread(
                 target=_ignore_errors, args=(ingest_round, retriever.url, round_), daemon=True
             )
+            acknowledged.clear()
             sender.start()
-            time.sleep(rng.uniform(0.5, 4.0))
+            # Somewhere in the rest of the ingest, once its first request is acknowledged.
+            assert acknowledged.wait(timeout=120)
+            time.sleep(rng.uniform(0.0, 1.5))
             retriever.kill()
             sender.join(timeout=60)
 
     retriever = retriever_process(tmp_path, "final", env)
     with retriever:
         retriever.wait_ready(timeout_s=180)
-        _wait_for_log(retriever, "start-up sweep done")
+        _wait_for_log(retriever, "sweep done")
         states.append(check_whole(retriever.url, 4))
         print("rounds each document was at after each kill:", states[1:])
         # The kills landed mid-ingest: some documents had the killed round's version, some not.
@@ -161,6 +174,13 @@ def test_sigkill_at_random_points_of_a_long_ingest_never_leaves_a_mixed_document
         )
         # Re-running the last round's ingest completes it.
         ingest_round(retriever.url, 3)
+        assert check_whole(retriever.url, 4) == dict.fromkeys(documents, 3)
+    # Once what the kills left is older than the grace, a start-up sweep removes all of it.
+    time.sleep(grace_s)
+    retriever = retriever_process(tmp_path, "sweeper", env)
+    with retriever:
+        retriever.wait_ready(timeout_s=180)
+        _wait_for_log(retriever, "sweep done")
         assert check_whole(retriever.url, 4) == dict.fromkeys(documents, 3)
 
     # Nothing is left that no reader sees: the start-up sweeps removed every killed write.
@@ -176,8 +196,10 @@ def test_sigkill_at_random_points_of_a_long_ingest_never_leaves_a_mixed_document
 
 def _ignore_errors(function: Any, *args: Any) -> None:
     # The server is killed under it.
-    with contextlib.suppress(requests.RequestException, AssertionError):
+    try:
         function(*args)
+    except (requests.RequestException, AssertionError) as exc:
+        print(f"ingest stopped: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 def _wait_for_log(service: ServiceProcess, text: str, timeout_s: float = 60.0) -> None:
@@ -239,13 +261,38 @@ def test_two_replicas_writing_and_deleting_the_same_ids_keep_the_last_acknowledg
                     Operation(document_id, kind, tag, started, ended, response.status_code)
                 )
 
+    writing = threading.Event()
+    reads: list[int] = []
+
+    def reader() -> None:
+        """Read while the writes go on: every answer is one whole version."""
+        rng = random.Random(99)  # noqa: S311 - a reproducible schedule
+        while writing.is_set():
+            url = rng.choice(replicas).url
+            document_id = rng.choice(documents)
+            chunks = read_document(url, document_id)
+            if chunks is not None:
+                tag = single_tag(chunks)
+                with lock:
+                    text = texts[tag]
+                assert len(chunks) == expected_chunks(embedder, text), (document_id, tag)
+                assert text.startswith(chunks[0])
+                assert text.endswith(chunks[-1])
+            searched_tags(url, "damper setting vent")  # checks each answer on its own
+            reads.append(1)
+
     for replica in replicas:
         replica.start()
     try:
         for replica in replicas:
             replica.wait_ready(timeout_s=180)
-        with ThreadPoolExecutor(4) as pool:
+        writing.set()
+        with ThreadPoolExecutor(5) as pool:
+            checked = pool.submit(reader)
             list(pool.map(client, range(4)))
+            writing.clear()
+            checked.result()
+        assert len(reads) > 5, "the reader ran alongside the writes"
         assert {o.status for o in operations} <= {200, 404, 409}, sorted(
             {o.status for o in operations}
         )

@@ -9,6 +9,7 @@ import pytest
 
 from bench import lexical_bench as bench
 from retriever_service.store import ChromaStore
+from retriever_service.versions import versioned_chunk_id
 
 SIZE = 200
 
@@ -20,7 +21,7 @@ def test_chunks_and_queries_are_deterministic_and_prefix_stable() -> None:
     assert bench.synthetic_chunks(SIZE + 100)[:SIZE] == chunks
     assert len({c.id for c in chunks}) == SIZE
     for c in chunks:
-        assert c.id == f"{c.document_id}:{c.position}"
+        assert c.id == versioned_chunk_id(c.document_id, c.version, c.position)
         assert 0 <= c.position < c.chunk_count <= 4
         assert 100 <= len(c.text.split()) <= 200
     queries = bench.synthetic_queries([c.text for c in chunks], 20)

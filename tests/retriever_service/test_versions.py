@@ -198,6 +198,7 @@ def test_failed_removal_of_the_old_version_still_answers_with_the_new_one(
     assert kb.sweep("documents", orphan_grace_s=600) == {
         "superseded_versions": 1,
         "orphan_chunks": 0,
+        "records_without_chunks": 0,
     }
     [only] = snapshot(failing)
     assert parse_chunk_id(only)[0] == "doc"
@@ -236,9 +237,42 @@ def test_chunks_no_version_names_are_invisible_and_swept_once_old(
     assert kb.sweep("documents", orphan_grace_s=600) == {
         "superseded_versions": 0,
         "orphan_chunks": 1,
+        "records_without_chunks": 0,
     }
     left = {parse_chunk_id(c)[0] for c in snapshot(failing)}
     assert left == {"doc", "doc-young"}, "a write still in its grace period is left alone"
+
+
+def test_a_write_slower_than_half_the_grace_is_refused_whole(
+    make_app: Any, failing: FailingStore
+) -> None:
+    """Past half the grace, another replica's sweep may take its chunks for a dead writer's."""
+    client = make_app(store=failing, orphan_grace_s=1.0).test_client()
+    assert post(client, {"id": "doc", "text": long_text("old")}).status_code == 200
+    failing.arm("upsert", 1, lambda: time.sleep(0.7))
+    response = post(client, {"id": "doc", "text": long_text("new", 60)})
+    assert_error_envelope(response, 504, "dependency_timeout")
+    texts = client.get("/v1/documents/doc").get_json()["chunk_texts"]
+    assert all(t.startswith("old") for t in texts)
+    assert all(
+        parse_chunk_id(c)[1] == parse_chunk_id(next(iter(snapshot(failing))))[1]
+        for c in snapshot(failing)
+    ), "the refused write's chunks are removed"
+
+
+def test_a_record_whose_chunks_are_gone_is_an_error_then_swept(
+    fclient: Any, failing: FailingStore
+) -> None:
+    """A collection dropped under a write in flight: the record outlives its chunks."""
+    assert post(fclient, {"id": "doc", "text": long_text("v1")}).status_code == 200
+    failing.inner.delete("documents", list(snapshot(failing)))
+    error = assert_error_envelope(fclient.get("/v1/documents/doc"), 502)
+    assert "ingest it again" in error["message"]
+    kb = fclient.application.extensions["knowledge_base"]
+    assert kb.sweep("documents", orphan_grace_s=600)["records_without_chunks"] == 0, "too young"
+    assert kb.sweep("documents", orphan_grace_s=-1)["records_without_chunks"] == 1
+    assert fclient.get("/v1/documents/doc").status_code == 404
+    assert post(fclient, {"id": "doc", "text": long_text("v1")}).get_json()["created"] == 1
 
 
 # -- two writers ------------------------------------------------------------------------------

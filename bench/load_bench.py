@@ -183,7 +183,7 @@ def render(figures: dict[str, Any]) -> str:
         f"{', '.join(f'{d}: {n}' for d, n in degraded.most_common()) or 'none'} | |",
         "",
         "Resident memory of each service (all its processes), after a warm-up of "
-        f"{WARM_UP_QUESTIONS} questions and after the run (target: within 10 %):",
+        f"{figures['warm_up']} questions and after the run (target: within 10 %):",
         "",
         "| service | after warm-up MB | after the run MB | change |",
         "|---|---|---|---|",
@@ -249,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         generator.wait_ready(timeout_s=600)
         gateway.start()
         gateway.wait_ready(timeout_s=120)
-        ask_all(gateway.url, order[:WARM_UP_QUESTIONS], args.concurrency, "warm-up")
+        warm_up = order[: min(WARM_UP_QUESTIONS, len(order))]
+        ask_all(gateway.url, warm_up, args.concurrency, "warm-up")
         before = {name: memory_mb(s) for name, s in services.items()}
         started = time.perf_counter()
         outcomes = ask_all(gateway.url, order, args.concurrency, "load")
@@ -262,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_new_tokens = load_generator_config().generator_max_new_tokens
     figures: dict[str, Any] = {
         "outcomes": outcomes,
+        "warm_up": len(warm_up),
         "concurrency": args.concurrency,
         "run_s": run_s,
         "memory": {name: (before[name], after[name]) for name in services},

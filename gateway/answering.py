@@ -33,7 +33,7 @@ from qa_common.errors import (
     DependencyError,
     DependencyTimeout,
     DependencyUnavailable,
-    DownstreamError,
+    Overloaded,
     ServiceError,
 )
 from qa_common.http_client import ConnectionLost
@@ -136,7 +136,7 @@ def degraded_reason(error: ServiceError) -> str:
     # Refused, or gone in the middle of the call (its process died): unavailable either way.
     if isinstance(error, DependencyUnavailable | ConnectionLost):
         return "generator_unavailable"
-    if isinstance(error, DownstreamError) and error.status == 429:
+    if isinstance(error, Overloaded):
         return "generator_overloaded"
     if isinstance(error, DependencyError) and (error.details or {}).get("status") == 503:
         return "generator_unavailable"

@@ -27,6 +27,7 @@ from qa_common.errors import (
     DependencyTimeout,
     DependencyUnavailable,
     DownstreamError,
+    Overloaded,
 )
 from qa_common.request_context import REQUEST_ID_HEADER, get_request_id
 
@@ -362,6 +363,14 @@ class ServiceClient:
                 details={"status": response.status_code, "code": envelope.get("code")},
             )
         response.close()
+        if response.status_code == 429:
+            # Shed, not processed: the caller's client is told when to come back, as we were.
+            retry_after = response.headers.get("Retry-After", "1")
+            raise Overloaded(
+                f"The {self.service} is busy: {envelope.get('message', 'too many requests')}",
+                retry_after_s=int(retry_after) if retry_after.isdigit() else 1,
+                details={"dependency": self.service},
+            )
         raise DownstreamError(
             response.status_code,
             envelope.get("code", "downstream_error"),

@@ -22,6 +22,7 @@ from qa_common.errors import (
     DependencyTimeout,
     DependencyUnavailable,
     DownstreamError,
+    Overloaded,
     ServiceError,
 )
 from tests.gateway.conftest import fake_embed
@@ -285,7 +286,7 @@ def test_question_without_history_is_searched_once() -> None:
     [
         (DependencyTimeout("slow"), "generator_timeout"),
         (DependencyUnavailable("down"), "generator_unavailable"),
-        (DownstreamError(429, "queue_full", "busy"), "generator_overloaded"),
+        (Overloaded("busy", retry_after_s=2), "generator_overloaded"),
         (BadGateway("503", details={"status": 503, "code": "not_ready"}), "generator_unavailable"),
         (BadGateway("500", details={"status": 500, "code": "x"}), "generator_error"),
         (BadGateway("broke off mid-stream"), "generator_error"),

@@ -16,6 +16,7 @@ from qa_common.errors import (
     DependencyTimeout,
     DependencyUnavailable,
     DownstreamError,
+    Overloaded,
 )
 from qa_common.http_client import ServiceClient
 from qa_common.process import free_port
@@ -64,6 +65,16 @@ class _Handler(BaseHTTPRequestHandler):
             # Waits until the test is done (or 10 s), far beyond the client's read timeout.
             self.server.release.wait(timeout=10)
             self._reply(200, {"late": True})
+        elif path == "/shed":
+            data = json.dumps(
+                {"error": {"code": "overloaded", "message": "busy", "request_id": "x"}}
+            )
+            self.send_response(429)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
         elif path == "/fail500":
             self._reply(500, {"error": {"code": "boom", "message": "it broke", "request_id": "x"}})
         elif path == "/fail503-html":
@@ -202,6 +213,17 @@ def test_downstream_4xx_passes_status_code_and_details(
     assert info.value.details == {"id": "d1"}
     assert info.value.to_dict("r")["error"]["code"] == "document_not_found"
     assert downstream.hits["/reject404"] == 1
+
+
+def test_a_downstream_429_is_passed_on_with_its_retry_after(
+    client: ServiceClient, downstream: Downstream
+) -> None:
+    """A shed request was not processed: the caller is told when to come back, not a bare 429."""
+    with pytest.raises(Overloaded) as info:
+        client.request_json("POST", "/shed", json={})
+    assert info.value.status == 429
+    assert info.value.headers["Retry-After"] == "7"
+    assert downstream.hits["/shed"] == 1
 
 
 def test_downstream_4xx_without_envelope(client: ServiceClient) -> None:

@@ -44,7 +44,10 @@ SECTION = "load"
 DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "eval" / "xquad-en"
 INTERNAL_KEY = "load-bench-internal-key"
 MODEL = "smollm2-135m-instruct"
-WARM_UP_QUESTIONS = 96
+# Enough for every service to reach its working size (the retriever's grows for a while).
+WARM_UP_QUESTIONS = 300
+# Seconds between two memory samples during the run.
+MEMORY_SAMPLE_S = 20.0
 MAX_TRIES = 50
 SEED = 2026
 
@@ -185,11 +188,16 @@ def render(figures: dict[str, Any]) -> str:
         "Resident memory of each service (all its processes), after a warm-up of "
         f"{figures['warm_up']} questions and after the run (target: within 10 %):",
         "",
-        "| service | after warm-up MB | after the run MB | change |",
-        "|---|---|---|---|",
+        "| service | after warm-up MB | during the run (every "
+        f"{MEMORY_SAMPLE_S:.0f} s): min / max MB | after the run MB | change |",
+        "|---|---|---|---|---|",
     ]
     for name, (before, after) in figures["memory"].items():
-        lines.append(f"| {name} | {before:.0f} | {after:.0f} | {after / before - 1:+.1%} |")
+        during = figures["memory_samples"][name] or [after]
+        lines.append(
+            f"| {name} | {before:.0f} | {min(during):.0f} / {max(during):.0f} | {after:.0f} | "
+            f"{after / before - 1:+.1%} |"
+        )
     bare = figures.get("bare_generate_s")
     if bare is not None:
         lines += [
@@ -252,9 +260,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm_up = order[: min(WARM_UP_QUESTIONS, len(order))]
         ask_all(gateway.url, warm_up, args.concurrency, "warm-up")
         before = {name: memory_mb(s) for name, s in services.items()}
+        samples: dict[str, list[float]] = {name: [] for name in services}
+        running = threading.Event()
+        running.set()
+
+        def sample() -> None:
+            while running.is_set():
+                for name, service in services.items():
+                    samples[name].append(memory_mb(service))
+                time.sleep(MEMORY_SAMPLE_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         started = time.perf_counter()
         outcomes = ask_all(gateway.url, order, args.concurrency, "load")
         run_s = time.perf_counter() - started
+        running.clear()
+        sampler.join(timeout=60)
         after = {name: memory_mb(s) for name, s in services.items()}
     finally:
         for service in services.values():
@@ -267,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "run_s": run_s,
         "memory": {name: (before[name], after[name]) for name in services},
+        "memory_samples": samples,
         "max_new_tokens": max_new_tokens,
     }
     if not args.skip_bare:

@@ -131,14 +131,16 @@ def contextual_question(question: str, history: Sequence[Turn]) -> str:
 
 def degraded_reason(error: ServiceError) -> str:
     """Name why the generator could not answer, for the ``degraded`` list."""
-    if isinstance(error, DependencyTimeout):
+    # Past the deadline here, or past the deadline it was sent (its own 504).
+    status = (error.details or {}).get("status") if isinstance(error, DependencyError) else None
+    if isinstance(error, DependencyTimeout) or status == 504:
         return "generator_timeout"
     # Refused, or gone in the middle of the call (its process died): unavailable either way.
     if isinstance(error, DependencyUnavailable | ConnectionLost):
         return "generator_unavailable"
     if isinstance(error, Overloaded):
         return "generator_overloaded"
-    if isinstance(error, DependencyError) and (error.details or {}).get("status") == 503:
+    if status == 503:
         return "generator_unavailable"
     return "generator_error"
 

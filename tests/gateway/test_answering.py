@@ -289,6 +289,10 @@ def test_question_without_history_is_searched_once() -> None:
         (Overloaded("busy", retry_after_s=2), "generator_overloaded"),
         (BadGateway("503", details={"status": 503, "code": "not_ready"}), "generator_unavailable"),
         (BadGateway("500", details={"status": 500, "code": "x"}), "generator_error"),
+        (
+            BadGateway("504", details={"status": 504, "code": "deadline_exceeded"}),
+            "generator_timeout",
+        ),
         (BadGateway("broke off mid-stream"), "generator_error"),
         (DownstreamError(422, "validation_error", "bad"), "generator_error"),
         (ServiceError(), "generator_error"),

@@ -41,7 +41,13 @@ from qa_common.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from qa_common.openapi import Operation, build_openapi
+from qa_common.openapi import (
+    COLLECTION_PARAM,
+    PAGE_PARAMS,
+    Operation,
+    build_openapi,
+    upload_body,
+)
 from qa_common.request_context import get_request_id, set_request_id
 from qa_common.retriever_client import document_path
 from qa_common.web import create_service_app, parse_body, sse_event, sse_response
@@ -59,12 +65,6 @@ _PAGE_POLICY = (
 _DOCS_POLICY = _PAGE_POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 NDJSON = "application/x-ndjson"
 API_VERSION = "1.0.0"
-_COLLECTION_PARAM = {
-    "name": "collection",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "string"},
-}
 # One server-sent event as clients parse it: its name and its JSON data line.
 _SSE_EVENT = {
     "type": "object",
@@ -153,21 +153,7 @@ OPERATIONS = [
         response=DocumentList,
         errors=(401, 403, 404, 409, 422, 429, 502, 503, 504),
         auth=True,
-        parameters=[
-            _COLLECTION_PARAM,
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
-            },
-            {
-                "name": "offset",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 0, "default": 0},
-            },
-        ],
+        parameters=[COLLECTION_PARAM, *PAGE_PARAMS],
     ),
     Operation(
         "post",
@@ -189,26 +175,9 @@ OPERATIONS = [
                 },
             }
         },
-        request_body={
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                                "description": "One part per file; its file name is the "
-                                "document id (uploading it again replaces it).",
-                            },
-                            "collection": {"type": "string"},
-                        },
-                    }
-                }
-            },
-        },
+        request_body=upload_body(
+            "One part per file; its file name is the document id (uploading it again replaces it)."
+        ),
     ),
     Operation(
         "delete",
@@ -220,7 +189,7 @@ OPERATIONS = [
         auth=True,
         parameters=[
             {"name": "document_id", "in": "path", "required": True, "schema": {"type": "string"}},
-            _COLLECTION_PARAM,
+            COLLECTION_PARAM,
         ],
     ),
     Operation("get", "/healthz", "The process is alive", "operations", response=Health),

@@ -48,6 +48,48 @@ _STATUS_TEXT = {
 }
 
 
+# Parameters and bodies that the gateway and the retriever describe alike.
+COLLECTION_PARAM = {
+    "name": "collection",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+}
+PAGE_PARAMS = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+    },
+    {
+        "name": "offset",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0, "default": 0},
+    },
+]
+
+
+def upload_body(file_description: str | None = None) -> dict[str, Any]:
+    """Describe a multipart upload: one ``file`` part per file, and an optional collection."""
+    files: dict[str, Any] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    if file_description:
+        files["description"] = file_description
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": files, "collection": {"type": "string"}},
+                }
+            }
+        },
+    }
+
+
 def _operation_id(op: Operation) -> str:
     words = [w.strip("{}") for w in op.path.strip("/").split("/") if w]
     return "_".join([op.method, *words]) if words else f"{op.method}_root"

@@ -11,7 +11,13 @@ from qa_common.api_models import (
     IngestResponse,
     UploadResponse,
 )
-from qa_common.openapi import Operation, build_openapi
+from qa_common.openapi import (
+    COLLECTION_PARAM,
+    PAGE_PARAMS,
+    Operation,
+    build_openapi,
+    upload_body,
+)
 from retriever_service.schemas import (
     CollectionDeleted,
     CollectionList,
@@ -29,7 +35,6 @@ API_VERSION = "1.0.0"
 # down, slow or failing (503, 504, 502), a store written before document versions (503).
 _COMMON = (401, 429, 502, 503, 504)
 _JSON_BODY = (400, 413, 415, 422)
-_COLLECTION = {"name": "collection", "in": "query", "required": False, "schema": {"type": "string"}}
 _DOCUMENT_ID = {
     "name": "document_id",
     "in": "path",
@@ -56,21 +61,7 @@ OPERATIONS = [
         response=DocumentList,
         errors=(404, 409, 422, *_COMMON),
         auth=True,
-        parameters=[
-            _COLLECTION,
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
-            },
-            {
-                "name": "offset",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 0, "default": 0},
-            },
-        ],
+        parameters=[COLLECTION_PARAM, *PAGE_PARAMS],
     ),
     Operation(
         "post",
@@ -80,24 +71,7 @@ OPERATIONS = [
         response=UploadResponse,
         errors=(404, 409, 413, 422, *_COMMON),
         auth=True,
-        request_body={
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            },
-                            "collection": {"type": "string"},
-                        },
-                    }
-                }
-            },
-        },
+        request_body=upload_body(),
     ),
     Operation(
         "get",
@@ -107,7 +81,7 @@ OPERATIONS = [
         response=DocumentDetail,
         errors=(404, 409, 422, *_COMMON),
         auth=True,
-        parameters=[_DOCUMENT_ID, _COLLECTION],
+        parameters=[_DOCUMENT_ID, COLLECTION_PARAM],
     ),
     Operation(
         "delete",
@@ -117,7 +91,7 @@ OPERATIONS = [
         response=DeleteResponse,
         errors=(404, 409, 422, *_COMMON),
         auth=True,
-        parameters=[_DOCUMENT_ID, _COLLECTION],
+        parameters=[_DOCUMENT_ID, COLLECTION_PARAM],
     ),
     Operation(
         "post",
@@ -147,7 +121,7 @@ OPERATIONS = [
         response=StatsResponse,
         errors=(404, 409, 422, *_COMMON),
         auth=True,
-        parameters=[_COLLECTION],
+        parameters=[COLLECTION_PARAM],
     ),
     Operation(
         "get",

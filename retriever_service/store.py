@@ -485,19 +485,23 @@ class ChromaStore:
 
     # -- write log ----------------------------------------------------------------------------
 
-    def _write_log(self) -> Any:
-        cached = self._collections.get(WRITE_LOG_COLLECTION)
+    def _own_collection(self, name: str, purpose: str) -> Any:
+        """Open (or create) one of the retriever's own collections: the write log, the versions."""
+        cached = self._collections.get(name)
         if cached is not None:
             return cached
         client = self._get_client()
-        with self._translate_errors(WRITE_LOG_COLLECTION):
-            log_collection = client.get_or_create_collection(
-                WRITE_LOG_COLLECTION,
-                metadata={"purpose": "one record per acknowledged write, for lexical indexes"},
-                embedding_function=None,
+        with self._translate_errors(name):
+            collection = client.get_or_create_collection(
+                name, metadata={"purpose": purpose}, embedding_function=None
             )
-        self._collections[WRITE_LOG_COLLECTION] = log_collection
-        return log_collection
+        self._collections[name] = collection
+        return collection
+
+    def _write_log(self) -> Any:
+        return self._own_collection(
+            WRITE_LOG_COLLECTION, "one record per acknowledged write, for lexical indexes"
+        )
 
     def append_write_record(self, record_id: str, metadata: Metadata) -> None:
         """Add one write's record; records are never changed or removed, so the count only grows."""
@@ -524,18 +528,9 @@ class ChromaStore:
     # -- document versions --------------------------------------------------------------------
 
     def _versions(self) -> Any:
-        cached = self._collections.get(VERSIONS_COLLECTION)
-        if cached is not None:
-            return cached
-        client = self._get_client()
-        with self._translate_errors(VERSIONS_COLLECTION):
-            versions = client.get_or_create_collection(
-                VERSIONS_COLLECTION,
-                metadata={"purpose": "one record per committed document version"},
-                embedding_function=None,
-            )
-        self._collections[VERSIONS_COLLECTION] = versions
-        return versions
+        return self._own_collection(
+            VERSIONS_COLLECTION, "one record per committed document version"
+        )
 
     def put_versions(self, records: Sequence[VersionRecord]) -> None:
         """Commit version records; each one is a single-record write, applied whole."""

@@ -20,6 +20,26 @@ log = logging.getLogger(__name__)
 _BUNDLED_MODEL_NAMES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
 
 
+# Forward passes only ever see a few input shapes: batches of a power of two, padded to a multiple
+# of TOKEN_BUCKET tokens (padding is masked out, so vectors do not change). Each new shape leaves
+# its own buffers in the CPU allocator: with free shapes, one thread embedding batches of 5-40
+# mixed sentences grew from 540 to 2,200 MB in two minutes and kept climbing; with these it
+# stays flat (docs/benchmarks.md, "Embedding memory").
+TOKEN_BUCKET = 16
+
+
+def batch_plan(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """Split ``count`` rows into (first, size) batches whose sizes are powers of two."""
+    largest = 1 << (max(batch_size, 1).bit_length() - 1)
+    plan = []
+    first = 0
+    while first < count:
+        size = min(largest, 1 << ((count - first).bit_length() - 1))
+        plan.append((first, size))
+        first += size
+    return plan
+
+
 class Embedder(Protocol):
     """Turns texts into unit-length vectors and counts text in the model's own tokens."""
 
@@ -124,8 +144,8 @@ class SentenceTransformerEmbedder:
         # queued one at a time so that a query waits for one batch of a bulk ingest, not all.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for first in range(0, len(order), self.batch_size):
-            rows = order[first : first + self.batch_size]
+        for first, size in batch_plan(len(order), self.batch_size):
+            rows = order[first : first + size]
             batch = [texts[i] for i in rows]
             vectors[rows] = self._inference.submit(self._encode_batch, batch).result()
         # bf16 normalization is off by up to ~1%; renormalize in fp32 so cosine stays exact.
@@ -139,6 +159,7 @@ class SentenceTransformerEmbedder:
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
+            processing_kwargs={"text": {"pad_to_multiple_of": TOKEN_BUCKET}},
         ).astype(np.float32, copy=False)
 
     def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:

@@ -11,7 +11,7 @@ whole, except the last, which kills a replica of each service.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import pytest
@@ -204,12 +204,9 @@ def test_replicas_share_traffic_and_losing_one_loses_no_request(stack: Stack) ->
     assert ("retriever" in scaled) == (stack.shape == "server")  # embedded Chroma: one process
     questions = [s["question"] for s in SAMPLES["answerable"][:12]]
 
-    def served(*, once_per_ask: bool = False) -> dict[str, list[float]]:
+    def served() -> dict[str, list[float]]:
         return {
-            kind: [
-                sum(requests_served(r, e) for e in (endpoints[:1] if once_per_ask else endpoints))
-                for r in replicas
-            ]
+            kind: [sum(requests_served(r, e) for e in endpoints) for r in replicas]
             for kind, (replicas, endpoints) in scaled.items()
         }
 
@@ -224,23 +221,35 @@ def test_replicas_share_traffic_and_losing_one_loses_no_request(stack: Stack) ->
     assert stack.gateway is not None
     assert stack.gateway.process is not None
     gateway_pid = stack.gateway.process.pid
-    survivors_before = served(once_per_ask=True)
-    for replicas, _ in scaled.values():
-        replicas[0].kill()
-    bodies = ask_many(stack, [questions[i % len(questions)] for i in range(30)])
-    assert len(bodies) == 30  # each one answered 200 (ask() checks)
+    # Kill replica 0 of each service while answers are in flight: 30 asks from 3 clients, the
+    # kill after the first 6 come back.
+    load = [questions[i % len(questions)] for i in range(30)]
+    bodies: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        pending = [pool.submit(ask, stack, q) for q in load]
+        for future in as_completed(pending):
+            bodies.append(future.result())  # ask() fails the test on anything but 200
+            if len(bodies) == 6:
+                for replicas, _ in scaled.values():
+                    replicas[0].kill()
+    assert len(bodies) == 30
     degraded = [body["degraded"] for body in bodies if "degraded" in body]
     for body in bodies:
         assert body["mode"] in {"generated", "extractive", "no_answer"}
     # No retriever failure reached an answer (searches are reads: a dropped one is asked of
     # the next replica). A generation sent on a connection the kill broke is not sent again
-    # (a request that crashed a replica must not crash the next): at most those few answers
+    # (a request that crashed a replica must not crash the next): at most the three in flight
     # are quoted instead, flagged, never failed.
     assert all(reasons == ["generator_unavailable"] for reasons in degraded), degraded
-    assert len(degraded) <= 2, degraded
+    assert len(degraded) <= 3, degraded
     assert stack.gateway.process.pid == gateway_pid, "the gateway was not restarted"
+    # After the kill, the survivors take everything.
+    survivors_before = {
+        kind: requests_served(replicas[1], endpoints[0])
+        for kind, (replicas, endpoints) in scaled.items()
+    }
+    for body in ask_many(stack, questions[:6]):
+        assert "degraded" not in body, body
     for kind, (replicas, endpoints) in scaled.items():
         survivor = requests_served(replicas[1], endpoints[0])
-        # Every ask reached the surviving replica, but the generations lost with the kill.
-        lost = len(degraded) if kind == "generator" else 0
-        assert survivor >= survivors_before[kind][1] + 30 - lost, (kind, survivor, lost)
+        assert survivor >= survivors_before[kind] + 6, (kind, survivor)

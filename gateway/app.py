@@ -360,7 +360,13 @@ def create_app(
         require_admin()
         body = parse_body(DocumentsRequest)
         payload = body.model_dump(exclude_none=True)
-        return jsonify(retriever.request_json("POST", "/v1/documents", json=payload))
+        # Up to MAX_DOCUMENTS_PER_REQUEST documents to chunk and embed: an upload's time, not
+        # a search's.
+        return jsonify(
+            retriever.request_json(
+                "POST", "/v1/documents", json=payload, read_timeout_s=config.upload_timeout_s
+            )
+        )
 
     @app.get("/v1/documents")
     def list_documents() -> Any:
@@ -434,7 +440,15 @@ def create_app(
         params = (
             {"collection": request.args["collection"]} if "collection" in request.args else None
         )
-        return jsonify(retriever.request_json("DELETE", document_path(document_id), params=params))
+        # A document of many chunks takes a while to remove; like an upload, it is a write.
+        return jsonify(
+            retriever.request_json(
+                "DELETE",
+                document_path(document_id),
+                params=params,
+                read_timeout_s=config.upload_timeout_s,
+            )
+        )
 
     @app.get("/openapi.json")
     def openapi() -> Any:

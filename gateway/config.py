@@ -25,7 +25,8 @@ class GatewayConfig(ServiceSettings):
     retriever_read_timeout_s: float = Field(10.0, gt=0, le=600)
     generator_connect_timeout_s: float = Field(1.0, gt=0, le=60)
     generator_read_timeout_s: float = Field(30.0, gt=0, le=600)
-    # An upload waits for parsing and embedding, not for a search: its own, longer timeout.
+    # A write (upload, documents, delete) waits for parsing and embedding, not for a search:
+    # its own, longer timeout.
     upload_timeout_s: float = Field(600.0, gt=0, le=3600)
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     connect_retries: int = Field(1, ge=0, le=5)

@@ -232,3 +232,29 @@ def test_keys_never_appear_in_logs_or_responses(
     # The settings object masks them too, should anything log it.
     config_text = repr(app.extensions["answerer"].config)
     assert not any(secret in config_text for secret in secrets)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/documents"), ("DELETE", f"/v1/documents/{ODD_ID}")],
+)
+def test_document_writes_wait_for_the_upload_timeout_not_the_search_timeout(
+    make_gateway: Callable[..., Flask], fake_retriever: FakeRetriever, method: str, path: str
+) -> None:
+    fake_retriever.documents_response = {"documents": 1, "chunks": 1, "created": 1}
+    fake_retriever.known_documents.add(ODD_ID)
+    fake_retriever.delay_s[path] = 1.5  # past the search timeout, inside the upload timeout
+    url = "/v1/documents" if method == "POST" else "/v1/documents/guides/getting%20started.md"
+    body = DOCUMENTS if method == "POST" else None
+
+    patient = make_gateway(
+        admin_api_key=ADMIN_KEY, retriever_read_timeout_s=0.5, upload_timeout_s=10.0
+    ).test_client()
+    response = patient.open(url, method=method, json=body, headers=bearer(ADMIN_KEY))
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+    hasty = make_gateway(
+        admin_api_key=ADMIN_KEY, retriever_read_timeout_s=10.0, upload_timeout_s=0.5
+    ).test_client()
+    response = hasty.open(url, method=method, json=body, headers=bearer(ADMIN_KEY))
+    assert_error_envelope(response, 504, "dependency_timeout")

@@ -163,6 +163,8 @@ def render(figures: dict[str, Any]) -> str:
     seconds = [o.seconds for o in outcomes if o.status == 200]
     modes = Counter(o.mode for o in outcomes if o.status == 200)
     degraded = Counter(d for o in outcomes for d in o.degraded)
+    first_try = sum(1 for o in outcomes if o.status == 200 and o.tries == 1)
+    tries = [o.tries for o in outcomes if o.status == 200]
     lines = [
         "## The whole system under load (`python -m bench.load_bench`)",
         "",
@@ -175,6 +177,11 @@ def render(figures: dict[str, Any]) -> str:
         "| | figure | target |",
         "|---|---|---|",
         f"| answered 200 | {answered:,} of {total:,} ({answered / total:.1%}) | ≥ 95 % |",
+        f"| answered 200 on the first try (no 429 first) | {first_try:,} of {total:,} "
+        f"({first_try / total:.1%}) | |",
+        f"| tries per answered question, median / p95 / max | {percentile(tries, 0.5)} / "
+        f"{percentile(tries, 0.95)} / {max(tries, default=0)} | |",
+        f"| given up after {MAX_TRIES} tries, all 429 | {statuses.get(429, 0)} | |",
         f"| 5xx or no answer | {server_errors} | 0 |",
         f"| statuses | {', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))} | |",
         f"| 429s on the way (retried) | {shed:,}, {missing} without `Retry-After` | every one "

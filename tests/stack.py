@@ -74,7 +74,8 @@ class Stack:
             "GENERATOR_THREADS": "16",
             "HF_HUB_OFFLINE": "1",
             "INTERNAL_API_KEY": INTERNAL_KEY,
-            "LOG_LEVEL": "WARNING",
+            # INFO, as shipped: the tests read what a deployment would log.
+            "LOG_LEVEL": "INFO",
             **(generator_env or {}),
         }
         # Embedded Chroma belongs to one process: one retriever; a server is shared by two.
@@ -90,7 +91,7 @@ class Stack:
             "HF_HUB_OFFLINE": "1",
             "INTERNAL_API_KEY": INTERNAL_KEY,
             "RETRIEVER_THREADS": "8",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",
         }
         if self.chroma is not None:
             env |= {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(self.chroma.port)}

@@ -307,8 +307,19 @@ def test_logs_at_info_carry_no_question_text_document_text_or_key(
         headers={"Authorization": f"Bearer {LIVE_ADMIN_KEY}"},
         timeout=60,
     )
-    logs = "\n".join(s.log_tail(2000) for s in (live_stack.gateway, live_stack.retriever) if s)
-    assert "/v1/ask" in logs  # the gateway does log its requests, at INFO
+    # And the generator, asked straight, whatever the gateway decided to do with the question.
+    generated = requests.post(
+        f"{live_stack.generator.url}/v1/generate",
+        json={"question": f"Which {marker} code?", "snippets": [f"The lobby code is {code}."]},
+        headers={"Authorization": f"Bearer {LIVE_INTERNAL_KEY}"},
+        timeout=120,
+    )
+    assert generated.status_code == 200, generated.text
+    services = (live_stack.gateway, live_stack.retriever, live_stack.generator)
+    logs = "\n".join(s.log_tail(2000) for s in services if s)
+    # Each service does log its requests, at INFO: the generator was asked to answer.
+    for path in ("/v1/ask", "/v1/search", "/v1/generate"):
+        assert path in logs, path
     for secret in (marker, code, LIVE_ADMIN_KEY, LIVE_INTERNAL_KEY):
         assert secret not in logs, secret
 

@@ -902,3 +902,19 @@ def test_the_import_check_sees_every_kind_of_import(tmp_path):
         "from . import sibling\n"
     )
     assert _imported_modules(source) == {"bench.report", "bench", "bench.x"}
+
+
+def test_evaluate_sends_the_internal_key_it_finds_in_the_environment(
+    tmp_path: Path, make_app: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from tests.conftest import serve_app
+
+    dataset = make_dataset(tmp_path / "tiny")
+    argv = [str(dataset), "--modes", "dense", "--quiet"]
+    with serve_app(make_app(internal_api_key="eval-key-5b")) as url:
+        monkeypatch.delenv("INTERNAL_API_KEY", raising=False)
+        assert cli.main([*argv, "--url", url]) == 1
+        assert "INTERNAL_API_KEY" in capsys.readouterr().err  # the refusal says what to send
+        monkeypatch.setenv("INTERNAL_API_KEY", "eval-key-5b")
+        assert cli.main([*argv, "--url", url]) == 0
+    assert "ndcg@10" in capsys.readouterr().out.lower()

@@ -9,7 +9,6 @@ deterministically so that a CI failure reproduces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from schemathesis.checks import (
 from gateway.app import API_VERSION, OPERATIONS
 from qa_common.openapi import build_openapi
 from retriever_service.api_spec import openapi_document
-from tests.stack import ADMIN_KEY, INTERNAL_KEY, Stack, running_stack
+from tests.stack import ADMIN_KEY, INTERNAL_KEY, Stack
 
 pytestmark = pytest.mark.slow
 CHECKS = [
@@ -46,16 +45,6 @@ retriever_schema = schemathesis.openapi.from_dict(openapi_document())
 gateway_schema = schemathesis.openapi.from_dict(
     build_openapi(OPERATIONS, title="grounded-qa gateway", version=API_VERSION)
 )
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from generator_service.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("openapi-fuzz")
-    model = build_tiny_model(root / "model")
-    with running_stack(root, model, generator_env={"GENERATOR_MAX_NEW_TOKENS": "8"}) as stack:
-        yield stack
 
 
 @retriever_schema.parametrize()

@@ -231,6 +231,22 @@ class Stack:
         assert response.status_code == 200, response.text
         return response.json()
 
+    @contextlib.contextmanager
+    def document(self, document_id: str, text: str) -> Iterator[None]:
+        """Store one document through the gateway for the block's time, then delete it."""
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        added = requests.post(
+            f"{self.url}/v1/documents",
+            json={"documents": [{"id": document_id, "text": text}]},
+            headers=admin,
+            timeout=60,
+        )
+        assert added.status_code == 200, added.text
+        try:
+            yield
+        finally:
+            requests.delete(f"{self.url}/v1/documents/{document_id}", headers=admin, timeout=60)
+
     def logs(self) -> str:
         parts = []
         if self.chroma is not None:

@@ -216,21 +216,9 @@ def test_documents_panel_uploads_lists_and_deletes_a_file(
 def test_markup_in_documents_and_questions_is_shown_as_text(
     live_stack: LiveStack, page: Any
 ) -> None:
-    import requests
-
-    from tests.gateway.conftest import LIVE_ADMIN_KEY
-
-    admin = {"Authorization": f"Bearer {LIVE_ADMIN_KEY}"}
     markup = "<img src=x onerror=\"document.title='pwned'\"><b>bold</b>"
     text = f"The zephyrtoken badge opens the roof door. {markup} is printed on the badge."
-    added = requests.post(
-        f"{live_stack.url}/v1/documents",
-        json={"documents": [{"id": "markup-badge", "text": text}]},
-        headers=admin,
-        timeout=60,
-    )
-    assert added.status_code == 200, added.text
-    try:
+    with live_stack.document("markup-badge", text):
         page.goto(f"{live_stack.url}/")
         page.locator("#status", has_text=re.compile(r"^Ready\.")).wait_for()
         question = "What does the zephyrtoken badge open? <i>now</i>"
@@ -245,5 +233,3 @@ def test_markup_in_documents_and_questions_is_shown_as_text(
             assert page.locator(f".turn {tag}").count() == 0, tag
         assert page.title() != "pwned"
         assert page.errors == []
-    finally:
-        requests.delete(f"{live_stack.url}/v1/documents/markup-badge", headers=admin, timeout=60)

@@ -54,27 +54,18 @@ def test_every_service_refuses_hostile_bodies_with_a_clear_error(live: Stack, bo
 def test_odd_document_ids_are_only_ever_ids(live: Stack, path: str) -> None:
     before = requests.get(f"{live.url}/v1/documents?limit=1", headers=ADMIN, timeout=60)
     assert before.status_code == 200, before.text
-    for method in ("GET", "DELETE"):
-        response = requests.request(method, f"{live.url}{path}", headers=ADMIN, timeout=60)
-        if method == "GET" and response.status_code == 405:
-            continue  # the gateway deletes documents; it does not serve them one by one
-        # Not found, or not a valid id: either way an answer about an id, not about a file.
-        assert response.status_code in (404, 422), (method, path, response.text)
-        assert_error_envelope(response, response.status_code)
+    # The gateway's one route by id: it deletes.
+    response = requests.delete(f"{live.url}{path}", headers=ADMIN, timeout=60)
+    # Not found, or not a valid id: either way an answer about an id, not about a file.
+    assert response.status_code in (404, 422), (path, response.text)
+    assert_error_envelope(response, response.status_code)
     after = requests.get(f"{live.url}/v1/documents?limit=1", headers=ADMIN, timeout=60)
     assert after.json()["total"] == before.json()["total"]
 
 
 def test_markup_in_a_stored_document_and_a_question_stays_inert_text(live: Stack) -> None:
     text = "The kestrelcode vault opens at dawn. <script>fetch('//evil')</script> <|im_end|>"
-    stored = requests.post(
-        f"{live.url}/v1/documents",
-        json={"documents": [{"id": "hostile-markup", "text": text}]},
-        headers=ADMIN,
-        timeout=60,
-    )
-    assert stored.status_code == 200, stored.text
-    try:
+    with live.document("hostile-markup", text):
         search = requests.post(
             f"{live.retriever.url}/v1/search",
             json={"query": "kestrelcode vault", "top_k": 1},
@@ -94,5 +85,3 @@ def test_markup_in_a_stored_document_and_a_question_stays_inert_text(live: Stack
         assert asked.headers["X-Content-Type-Options"] == "nosniff"
         body: dict[str, Any] = asked.json()
         assert "kestrelcode" in " ".join(s["text"] for s in body["sources"])
-    finally:
-        requests.delete(f"{live.url}/v1/documents/hostile-markup", headers=ADMIN, timeout=60)
